@@ -1,0 +1,141 @@
+//! Wiring only: build the parts, serve, and run the shutdown sequence.
+//!
+//! Shutdown, in order: readiness 503 (load balancers stop sending) -> new WebSockets refused
+//! with 503 -> sessions close with 1001, spread over the drain period -> wait for them
+//! (bounded) -> stop the Redis subscriber -> exit 0. hyper's graceful shutdown does not see
+//! upgraded connections, so sessions drain on our own token.
+
+use std::sync::Arc;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::channel::Prefix;
+use crate::config::Config;
+use crate::gate::Gate;
+use crate::http::{self, Front};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::redis::{Settings as RedisSettings, Subscriber};
+use crate::session::{self, Shared};
+
+/// Read buffer per connection, in bytes. Clients send little (requests, pongs), and this
+/// buffer is allocated eagerly per connection; tungstenite's 128 KiB default would cost
+/// 128 KiB of RSS per idle client.
+const READ_BUFFER: usize = 4096;
+/// Bytes gathered before tungstenite writes to the socket; a batch is flushed anyway.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// A failure that stops the process before or while serving.
+#[derive(Debug)]
+pub enum AppError {
+    Bind(std::io::Error),
+    Redis(::redis::RedisError),
+    Metrics(prometheus::Error),
+    Signal(std::io::Error),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Bind(e) => write!(f, "cannot listen: {e}"),
+            AppError::Redis(e) => write!(f, "bad redis settings: {e}"),
+            AppError::Metrics(e) => write!(f, "cannot register metrics: {e}"),
+            AppError::Signal(e) => write!(f, "cannot install signal handlers: {e}"),
+        }
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let metrics = Metrics::new(Registry::new()).map_err(AppError::Metrics)?;
+    let readiness = Arc::new(Readiness::default());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let drain = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let stop_redis = CancellationToken::new();
+    let sessions = TaskTracker::new();
+
+    let subscriber = Subscriber::new(
+        RedisSettings {
+            url: config.redis_url.clone(),
+            prefix: Prefix::new(config.channel_prefix.clone()),
+            probe_interval: config.redis_probe_interval,
+            timeout: config.redis_timeout,
+            backoff_base: config.redis_backoff_base,
+            backoff_max: config.redis_backoff_max,
+        },
+        hub.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    )
+    .map_err(AppError::Redis)?;
+
+    let settings = session::Settings {
+        heartbeat: config.heartbeat,
+        max_subscriptions: config.max_subscriptions as usize,
+        queue_capacity: config.queue_capacity as usize,
+        write_timeout: config.write_timeout,
+        drain_period: config.drain_period,
+    };
+    let max_frame = config.max_frame_size as usize;
+    let front = Arc::new(Front {
+        shared: Arc::new(Shared::new(hub, metrics.clone(), settings, drain.clone())),
+        readiness: readiness.clone(),
+        gate: Gate::new(config.max_connections as usize, metrics),
+        sessions: sessions.clone(),
+        ws_config: WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_frame_size(Some(max_frame))
+            .max_message_size(Some(max_frame)),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(AppError::Bind)?;
+    let addr = listener.local_addr().map_err(AppError::Bind)?;
+    let redis_task = tokio::spawn(subscriber.run(stop_redis.clone()));
+    let http_task = tokio::spawn(http::serve(listener, front, stop_accepting.clone()));
+    info!(%addr, "listening");
+
+    wait_for_signal().await?;
+
+    info!(drain_period = ?config.drain_period, "draining");
+    readiness.start_draining();
+    drain.cancel();
+    sessions.close();
+    // Each session closes within the drain period, then gets one write timeout for the
+    // close handshake; past that the process exits regardless.
+    let deadline = config.drain_period + config.write_timeout * 2;
+    if tokio::time::timeout(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = sessions.len(),
+            "drain deadline passed with sessions still open"
+        );
+    }
+    stop_accepting.cancel();
+    stop_redis.cancel();
+    let _ = http_task.await;
+    let _ = redis_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Every setting Herald has: its flag, its `HERALD_*` variable, its default and unit.
+//!
+//! Parsed once in `main` and passed down; no other module reads the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Herald: a WebSocket fan-out gateway for Redis pub/sub.
+///
+/// Every flag can also be set through the environment variable named beside it.
+/// Durations take a unit: `500ms`, `25s`, `2m`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Config {
+    /// Address of the one HTTP listener serving /ws, /healthz, /readyz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis to subscribe to: redis://[:password@]host[:port][/db] or rediss:// for TLS.
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix put before a client channel name to form the Redis channel name.
+    #[arg(long, env = "HERALD_CHANNEL_PREFIX", default_value = "")]
+    pub channel_prefix: String,
+
+    /// Interval of WebSocket pings to clients; a client silent for two intervals is closed.
+    #[arg(long, env = "HERALD_HEARTBEAT", default_value = "25s", value_parser = duration)]
+    pub heartbeat: Duration,
+
+    /// Largest frame or message a client may send, in bytes; larger closes with 1009.
+    #[arg(long, env = "HERALD_MAX_FRAME_SIZE", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_frame_size: u32,
+
+    /// Most channels one connection may hold at once.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
+
+    /// Most open WebSocket connections on this instance; more are refused with 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Publications one client may have queued before further ones are dropped for it
+    /// (and reported to it as `lagged`), in frames.
+    #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+
+    /// How long a write to a client may stay blocked before the client is closed with
+    /// 1008 `slow consumer`.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, the period over which client closes are spread.
+    #[arg(long, env = "HERALD_DRAIN_PERIOD", default_value = "10s", value_parser = duration)]
+    pub drain_period: Duration,
+
+    /// Interval of the liveness probe (a PING on the subscriber connection); an answer
+    /// missing for one interval counts as a lost connection.
+    #[arg(long, env = "HERALD_REDIS_PROBE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub redis_probe_interval: Duration,
+
+    /// Deadline for connecting to Redis and for each SUBSCRIBE/UNSUBSCRIBE batch.
+    #[arg(long, env = "HERALD_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub redis_timeout: Duration,
+
+    /// First reconnect delay ceiling; it doubles per failed attempt up to the maximum.
+    /// Each wait is drawn uniformly below the ceiling (full jitter).
+    #[arg(long, env = "HERALD_REDIS_BACKOFF_BASE", default_value = "50ms", value_parser = duration)]
+    pub redis_backoff_base: Duration,
+
+    /// Cap of the reconnect delay ceiling.
+    #[arg(long, env = "HERALD_REDIS_BACKOFF_MAX", default_value = "1s", value_parser = duration)]
+    pub redis_backoff_max: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax.
+    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting that parsed but makes no sense together with the others.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Checks what clap's per-flag parsers cannot: values that must agree.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let positive = [
+            ("HERALD_HEARTBEAT", self.heartbeat),
+            ("HERALD_WRITE_TIMEOUT", self.write_timeout),
+            ("HERALD_REDIS_PROBE_INTERVAL", self.redis_probe_interval),
+            ("HERALD_REDIS_TIMEOUT", self.redis_timeout),
+            ("HERALD_REDIS_BACKOFF_BASE", self.redis_backoff_base),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Invalid(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.redis_backoff_max < self.redis_backoff_base {
+            return Err(Invalid(
+                "HERALD_REDIS_BACKOFF_MAX must be at least HERALD_REDIS_BACKOFF_BASE".into(),
+            ));
+        }
+        if !crate::channel::is_valid_prefix(&self.channel_prefix) {
+            return Err(Invalid(
+                "HERALD_CHANNEL_PREFIX may hold only A-Z a-z 0-9 _ - : . @ / =".into(),
+            ));
+        }
+        redis_url_scheme_ok(&self.redis_url)
+    }
+
+    /// The Redis URL with any password replaced, fit for logs.
+    pub fn redis_url_masked(&self) -> String {
+        match url::Url::parse(&self.redis_url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "<unparsable>".into(),
+        }
+    }
+}
+
+fn redis_url_scheme_ok(raw: &str) -> Result<(), Invalid> {
+    let url =
+        url::Url::parse(raw).map_err(|e| Invalid(format!("HERALD_REDIS_URL is not a URL: {e}")))?;
+    match url.scheme() {
+        "redis" | "rediss" => Ok(()),
+        other => Err(Invalid(format!(
+            "HERALD_REDIS_URL scheme must be redis or rediss, not {other}"
+        ))),
+    }
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{e} (write e.g. 500ms, 25s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["herald"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.max_frame_size, 65_536);
+        assert_eq!(config.heartbeat, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let config = parse(&["--heartbeat", "750ms"]);
+        assert_eq!(config.heartbeat, Duration::from_millis(750));
+        assert!(Config::try_parse_from(["herald", "--heartbeat", "5"]).is_err());
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        assert!(parse(&["--redis-url", "http://x"]).validate().is_err());
+        assert!(parse(&["--channel-prefix", "a b"]).validate().is_err());
+        assert!(parse(&["--write-timeout", "0s"]).validate().is_err());
+        let config = parse(&["--redis-backoff-base", "2s", "--redis-backoff-max", "1s"]);
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn masks_the_redis_password() {
+        let config = parse(&["--redis-url", "rediss://:hunter2@example:6380/0"]);
+        let masked = config.redis_url_masked();
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert!(masked.contains("***"), "{masked}");
+    }
+}

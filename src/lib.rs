@@ -1,0 +1,42 @@
+//! Herald: a WebSocket fan-out gateway for Redis pub/sub.
+//!
+//! ```text
+//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ (one task)
+//!                                                               │ hub.publish: encode once,
+//!                                                               ▼ push without waiting
+//!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> inboxes)
+//!                              │ subscribe/unsubscribe            │ first in / last out
+//!                              └──────────────► hub ──dirty set──► redis/ reconciles
+//! ```
+//!
+//! - `config`     every flag with its `HERALD_*` variable, default and unit
+//! - `app`        wiring and the shutdown sequence
+//! - `http`       the listener: /ws /healthz /readyz /metrics, refusals before the upgrade
+//! - `session`    one task per connection: requests, batched writes under a deadline, heartbeat
+//! - `inbox`      a client's bounded outgoing queue; full means drop, count, `lagged`
+//! - `hub`        channel -> subscribers; the record of what Redis should carry
+//! - `redis`      the subscriber connection: reconnect, resubscribe, reconcile, probe
+//! - `gate`       the connection limit
+//! - `readiness`  what `/readyz` answers
+//! - `protocol`   wire frames and close codes
+//! - `channel`    the channel-name rule and the prefix mapping
+//! - `payload`    a Redis payload -> the one shared `message` frame
+//! - `backoff`    capped exponential backoff with full jitter
+//! - `metrics`    every `herald_*` family on a handed-in registry
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backoff;
+pub mod channel;
+pub mod config;
+pub mod gate;
+pub mod http;
+pub mod hub;
+pub mod inbox;
+pub mod metrics;
+pub mod payload;
+pub mod protocol;
+pub mod readiness;
+pub mod redis;
+pub mod session;

@@ -1,0 +1,240 @@
+//! The wire contract's frames: parsing client requests and encoding server replies.
+//!
+//! Publications are encoded in `payload`; this file owns every other frame and the close
+//! codes, so a refusal maps to its code in exactly one place.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Close codes the server sends, with the reason text clients see.
+pub mod close {
+    /// Shutdown or drain: the client should reconnect elsewhere.
+    pub const GOING_AWAY: (u16, &str) = (1001, "going away");
+    /// The client's queue stayed full past the write timeout.
+    pub const SLOW_CONSUMER: (u16, &str) = (1008, "slow consumer");
+    /// Nothing arrived from the client for two heartbeats.
+    pub const HEARTBEAT_TIMEOUT: (u16, &str) = (1008, "heartbeat timeout");
+    /// A frame or message above the configured size limit.
+    pub const TOO_BIG: (u16, &str) = (1009, "frame too large");
+}
+
+/// A request's `id`, echoed verbatim in its reply: a JSON number or string.
+pub type Id = Option<Value>;
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    Ping,
+}
+
+/// A parsed client request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Id,
+    pub op: Op,
+}
+
+/// The contract's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    BadRequest,
+    BadChannel,
+    Forbidden,
+    TooManySubscriptions,
+    RateLimited,
+}
+
+/// A refused request: becomes an `error` frame; the connection stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub id: Id,
+    pub code: Code,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(id: Id, code: Code, message: impl Into<String>) -> Self {
+        Refusal {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Request {
+    /// Parses one text frame. Every failure names what was wrong and keeps the `id`
+    /// when one could be read, so the client can match the error to its request.
+    pub fn parse(text: &str) -> Result<Request, Refusal> {
+        let bad = |id: &Id, message: &str| Refusal::new(id.clone(), Code::BadRequest, message);
+        let value: Value =
+            serde_json::from_str(text).map_err(|_| bad(&None, "frame is not valid JSON"))?;
+        let Value::Object(object) = value else {
+            return Err(bad(&None, "frame is not a JSON object"));
+        };
+        let id = match object.get("id") {
+            None => None,
+            Some(id @ (Value::Number(_) | Value::String(_))) => Some(id.clone()),
+            Some(_) => return Err(bad(&None, "id must be a number or a string")),
+        };
+        let op = match object.get("op") {
+            None => return Err(bad(&id, "missing op")),
+            Some(Value::String(op)) => op.as_str(),
+            Some(_) => return Err(bad(&id, "op must be a string")),
+        };
+        let op = match op {
+            "subscribe" => Op::Subscribe(channels(&object).map_err(|m| bad(&id, m))?),
+            "unsubscribe" => Op::Unsubscribe(channels(&object).map_err(|m| bad(&id, m))?),
+            "ping" => Op::Ping,
+            _ => return Err(bad(&id, "unknown op")),
+        };
+        Ok(Request { id, op })
+    }
+}
+
+fn channels(object: &Map<String, Value>) -> Result<Vec<String>, &'static str> {
+    let Some(value) = object.get("channels") else {
+        return Err("missing channels");
+    };
+    let Value::Array(items) = value else {
+        return Err("channels must be an array of strings");
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(name) => Ok(name.clone()),
+            _ => Err("channels must be an array of strings"),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Reply<'a> {
+    Welcome {
+        session: &'a str,
+        heartbeat: u64,
+        channels: &'a [&'a str],
+    },
+    Ok {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Id,
+        channels: &'a [&'a str],
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Id,
+    },
+    Lagged {
+        channel: &'a str,
+        missed: u64,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Id,
+        code: Code,
+        message: &'a str,
+    },
+}
+
+fn encode(reply: &Reply<'_>) -> String {
+    serde_json::to_string(reply).expect("replies hold only strings and numbers")
+}
+
+pub fn welcome(session: &str, heartbeat_secs: u64, channels: &[&str]) -> String {
+    encode(&Reply::Welcome {
+        session,
+        heartbeat: heartbeat_secs,
+        channels,
+    })
+}
+
+pub fn ok(id: &Id, channels: &[&str]) -> String {
+    encode(&Reply::Ok { id, channels })
+}
+
+pub fn pong(id: &Id) -> String {
+    encode(&Reply::Pong { id })
+}
+
+pub fn lagged(channel: &str, missed: u64) -> String {
+    encode(&Reply::Lagged { channel, missed })
+}
+
+pub fn error(refusal: &Refusal) -> String {
+    encode(&Reply::Error {
+        id: &refusal.id,
+        code: refusal.code,
+        message: &refusal.message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(text: &str) -> Refusal {
+        Request::parse(text).expect_err(text)
+    }
+
+    #[test]
+    fn parses_each_op() {
+        let sub = Request::parse(r#"{"op":"subscribe","id":7,"channels":["a","b"]}"#).unwrap();
+        assert_eq!(sub.id, Some(json!(7)));
+        assert_eq!(sub.op, Op::Subscribe(vec!["a".into(), "b".into()]));
+        let unsub = Request::parse(r#"{"op":"unsubscribe","channels":[]}"#).unwrap();
+        assert_eq!(unsub.op, Op::Unsubscribe(vec![]));
+        let ping = Request::parse(r#"{"op":"ping","id":"x"}"#).unwrap();
+        assert_eq!((ping.id, ping.op), (Some(json!("x")), Op::Ping));
+    }
+
+    #[test]
+    fn refusals_keep_the_id_when_readable() {
+        for text in ["nope", "[1]", "3", r#"{"id":{}}"#] {
+            let refusal = refused(text);
+            assert_eq!(
+                (refusal.code, refusal.id),
+                (Code::BadRequest, None),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"id":1}"#,
+            r#"{"id":1,"op":3}"#,
+            r#"{"id":1,"op":"dance"}"#,
+            r#"{"id":1,"op":"subscribe"}"#,
+            r#"{"id":1,"op":"subscribe","channels":"a"}"#,
+            r#"{"id":1,"op":"subscribe","channels":["a",2]}"#,
+        ] {
+            let refusal = refused(text);
+            assert_eq!(refusal.code, Code::BadRequest, "{text}");
+            assert_eq!(refusal.id, Some(json!(1)), "{text}");
+        }
+    }
+
+    #[test]
+    fn replies_match_the_contract() {
+        assert_eq!(
+            welcome("s1", 25, &["a"]),
+            r#"{"op":"welcome","session":"s1","heartbeat":25,"channels":["a"]}"#
+        );
+        assert_eq!(
+            ok(&Some(json!(1)), &[]),
+            r#"{"op":"ok","id":1,"channels":[]}"#
+        );
+        assert_eq!(pong(&None), r#"{"op":"pong"}"#);
+        assert_eq!(
+            lagged("a", 3),
+            r#"{"op":"lagged","channel":"a","missed":3}"#
+        );
+        let refusal = Refusal::new(Some(json!("q")), Code::TooManySubscriptions, "max 2");
+        assert_eq!(
+            error(&refusal),
+            r#"{"op":"error","id":"q","code":"too_many_subscriptions","message":"max 2"}"#
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The one task that owns the Redis subscriber connection, for every channel.
+//!
+//! ```text
+//! loop:
+//!   connect (deadline) ──fail──► wait (jittered backoff) ──┐
+//!   resubscribe the hub's union in batches                 │
+//!   ready; then concurrently:                              │
+//!     read:    publication -> hub.publish (never waits)    │
+//!     control: hub changed -> reconcile; every interval PING must answer
+//!   any end of either = connection lost ───────────────────┘
+//! ```
+//!
+//! redis-rs's PubSub stream simply ends when the connection dies; here that end, a refused
+//! batch or an unanswered probe all mean "reconnect", never a clean exit. The probe catches
+//! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
+
+mod reconcile;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::PubSubStream;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::channel::Prefix;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use reconcile::{BatchError, Reconciler};
+
+/// The subscriber's settings, from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub prefix: Prefix,
+    pub probe_interval: Duration,
+    pub timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Lost {
+    Connect(String),
+    StreamEnded,
+    Batch(BatchError),
+    Probe(BatchError),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Connect(e) => write!(f, "connect failed: {e}"),
+            Lost::StreamEnded => f.write_str("connection closed"),
+            Lost::Batch(e) => write!(f, "{e}"),
+            Lost::Probe(e) => write!(f, "liveness probe failed: {e}"),
+        }
+    }
+}
+
+pub struct Subscriber {
+    client: redis::Client,
+    settings: Settings,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+}
+
+impl Subscriber {
+    pub fn new(
+        settings: Settings,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        readiness: Arc<Readiness>,
+    ) -> redis::RedisResult<Self> {
+        Ok(Subscriber {
+            client: redis::Client::open(settings.url.as_str())?,
+            settings,
+            hub,
+            metrics,
+            readiness,
+        })
+    }
+
+    /// Runs until `shutdown`; a lost connection always leads to a reconnect.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
+        let mut connected_before = false;
+        loop {
+            let lost = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                lost = self.serve(&mut backoff, &mut connected_before) => lost,
+            };
+            self.readiness.set_redis_up(false);
+            self.metrics.redis_connected.set(0);
+            self.metrics.channels.set(0);
+            let wait = backoff.next_delay();
+            warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection lost");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One connection's life; returns only when it is lost.
+    async fn serve(&self, backoff: &mut Backoff, connected_before: &mut bool) -> Lost {
+        let timeout = self.settings.timeout;
+        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Lost::Connect(e.to_string()),
+            Err(_) => return Lost::Connect(format!("no answer within {timeout:?}")),
+        };
+        let (sink, stream) = pubsub.split();
+        let mut reconciler = Reconciler::new(
+            sink,
+            &self.hub,
+            &self.settings.prefix,
+            &self.metrics,
+            timeout,
+        );
+        let resubscribed = match reconciler.resubscribe_all().await {
+            Ok(count) => count,
+            Err(e) => return Lost::Batch(e),
+        };
+
+        backoff.reset();
+        if std::mem::replace(connected_before, true) {
+            self.metrics.redis_reconnects_total.inc();
+        }
+        self.metrics.redis_connected.set(1);
+        self.readiness.set_redis_up(true);
+        info!(
+            channels = resubscribed,
+            "redis subscriber connected and resubscribed"
+        );
+
+        tokio::select! {
+            lost = self.read(stream) => lost,
+            lost = self.control(&mut reconciler) => lost,
+        }
+    }
+
+    /// The publication path: Redis -> hub, never awaiting a client.
+    async fn read(&self, mut stream: PubSubStream) -> Lost {
+        while let Some(msg) = stream.next().await {
+            let received = Instant::now();
+            self.metrics.redis_messages_total.inc();
+            let Some(channel) = self.settings.prefix.from_redis(msg.get_channel_name()) else {
+                continue;
+            };
+            let fanout = self.hub.publish(channel, msg.get_payload_bytes());
+            self.metrics.deliveries_total.inc_by(fanout.queued);
+            self.metrics.dropped_queue_full.inc_by(fanout.dropped);
+            self.metrics
+                .fanout_seconds
+                .observe(received.elapsed().as_secs_f64());
+        }
+        Lost::StreamEnded
+    }
+
+    /// Follows the hub's changes and probes liveness, on the same connection.
+    async fn control(&self, reconciler: &mut Reconciler<'_>) -> Lost {
+        let interval = self.settings.probe_interval;
+        let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.hub.changed() => {
+                    if let Err(e) = reconciler.reconcile().await {
+                        return Lost::Batch(e);
+                    }
+                }
+                _ = probe.tick() => {
+                    if let Err(e) = reconciler.probe(interval).await {
+                        return Lost::Probe(e);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Moves the Redis side toward the hub: SUBSCRIBE what clients hold, UNSUBSCRIBE what they left.
+//!
+//! The live hub is the truth; this only tracks what Redis confirmed on the current
+//! connection. Every batch's reply is checked: a failure ends the connection, and the
+//! reconnect resubscribes the hub's whole union, so nothing a client asked for is lost.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use redis::aio::PubSubSink;
+
+use crate::channel::{Name, Prefix};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE: large enough to resubscribe thousands quickly,
+/// small enough that one command stays far below Redis's query buffer limits
+/// (centrifuge uses the same batch size).
+pub const BATCH: usize = 512;
+
+/// What went wrong with a batch; the connection is treated as lost.
+#[derive(Debug)]
+pub enum BatchError {
+    Redis(redis::RedisError),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Redis(e) => write!(f, "redis refused a batch: {e}"),
+            BatchError::Timeout(t) => write!(f, "a batch got no reply within {t:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// The channels Redis confirmed on one connection.
+pub struct Reconciler<'a> {
+    sink: PubSubSink,
+    on_redis: HashSet<Name>,
+    hub: &'a Hub,
+    prefix: &'a Prefix,
+    metrics: &'a Metrics,
+    timeout: Duration,
+}
+
+impl<'a> Reconciler<'a> {
+    pub fn new(
+        sink: PubSubSink,
+        hub: &'a Hub,
+        prefix: &'a Prefix,
+        metrics: &'a Metrics,
+        timeout: Duration,
+    ) -> Self {
+        Reconciler {
+            sink,
+            on_redis: HashSet::new(),
+            hub,
+            prefix,
+            metrics,
+            timeout,
+        }
+    }
+
+    /// On a fresh connection: subscribes the union clients hold now; returns its size.
+    pub async fn resubscribe_all(&mut self) -> Result<usize, BatchError> {
+        // Changes from here on stay marked and are handled by `reconcile`; those before
+        // are all reflected in the snapshot.
+        self.hub.take_dirty();
+        let live = self.hub.live_channels();
+        self.apply(Kind::Subscribe, &live).await?;
+        Ok(live.len())
+    }
+
+    /// Handles the channels marked since the last call, checking each against live counts,
+    /// so a last-unsubscribe that raced a new subscribe never unsubscribes a held channel.
+    pub async fn reconcile(&mut self) -> Result<(), BatchError> {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for name in self.hub.take_dirty() {
+            match (self.hub.is_live(&name), self.on_redis.contains(&name)) {
+                (true, false) => add.push(name),
+                (false, true) => remove.push(name),
+                _ => {}
+            }
+        }
+        self.apply(Kind::Subscribe, &add).await?;
+        self.apply(Kind::Unsubscribe, &remove).await
+    }
+
+    /// A PING in subscribed mode: proves the connection still carries traffic both ways.
+    pub async fn probe(&mut self, deadline: Duration) -> Result<(), BatchError> {
+        match tokio::time::timeout(deadline, self.sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BatchError::Redis(e)),
+            Err(_) => Err(BatchError::Timeout(deadline)),
+        }
+    }
+
+    async fn apply(&mut self, kind: Kind, names: &[Name]) -> Result<(), BatchError> {
+        for batch in names.chunks(BATCH) {
+            let redis_names: Vec<String> = batch.iter().map(|n| self.prefix.to_redis(n)).collect();
+            let reply = match kind {
+                Kind::Subscribe => {
+                    tokio::time::timeout(self.timeout, self.sink.subscribe(&redis_names)).await
+                }
+                Kind::Unsubscribe => {
+                    tokio::time::timeout(self.timeout, self.sink.unsubscribe(&redis_names)).await
+                }
+            };
+            match reply {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BatchError::Redis(e)),
+                Err(_) => return Err(BatchError::Timeout(self.timeout)),
+            }
+            for name in batch {
+                match kind {
+                    Kind::Subscribe => self.on_redis.insert(name.clone()),
+                    Kind::Unsubscribe => self.on_redis.remove(name),
+                };
+            }
+            self.metrics.channels.set(self.on_redis.len() as i64);
+        }
+        Ok(())
+    }
+}
