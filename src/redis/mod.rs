@@ -100,7 +100,7 @@ impl Subscriber {
             self.metrics.redis_connected.set(0);
             self.metrics.channels.set(0);
             let wait = backoff.next_delay();
-            warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection lost");
+            warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection down");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

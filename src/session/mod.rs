@@ -149,6 +149,8 @@ where
     let mut close_at: Option<Instant> = None;
 
     loop {
+        // Biased, with publications last: a steady stream keeps the inbox always ready,
+        // and must not starve client requests, the heartbeat or the drain.
         let written = tokio::select! {
             biased;
             _ = shared.drain.cancelled(), if close_at.is_none() => {
@@ -159,15 +161,6 @@ where
             }
             _ = tokio::time::sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                 return End::GoingAway;
-            }
-            _ = inbox.ready() => {
-                inbox.drain(&mut batch);
-                let lagged = batch
-                    .missed
-                    .drain(..)
-                    .map(|(channel, missed)| Message::Text(protocol::lagged(&channel, missed).into()));
-                let messages = batch.frames.drain(..).map(Message::Text).chain(lagged);
-                send_all(ws, messages, settings.write_timeout).await
             }
             incoming = ws.next() => {
                 last_seen = Instant::now();
@@ -189,6 +182,15 @@ where
                     return End::HeartbeatTimeout;
                 }
                 send_all(ws, [Message::Ping(Default::default())], settings.write_timeout).await
+            }
+            _ = inbox.ready() => {
+                inbox.drain(&mut batch);
+                let lagged = batch
+                    .missed
+                    .drain(..)
+                    .map(|(channel, missed)| Message::Text(protocol::lagged(&channel, missed).into()));
+                let messages = batch.frames.drain(..).map(Message::Text).chain(lagged);
+                send_all(ws, messages, settings.write_timeout).await
             }
         };
         match written {
