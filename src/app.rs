@@ -5,6 +5,7 @@
 //! (bounded) -> stop the Redis subscriber -> exit 0. hyper's graceful shutdown does not see
 //! upgraded connections, so sessions drain on our own token.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use prometheus::Registry;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::{Auth, KeyError, KeySource, Patterns, Settings as AuthSettings};
 use crate::channel::Prefix;
 use crate::config::Config;
 use crate::gate::Gate;
@@ -38,6 +40,8 @@ pub enum AppError {
     Redis(::redis::RedisError),
     Metrics(prometheus::Error),
     Signal(std::io::Error),
+    Auth(KeyError),
+    KeyFile(&'static str, std::io::Error),
 }
 
 impl std::fmt::Display for AppError {
@@ -47,6 +51,8 @@ impl std::fmt::Display for AppError {
             AppError::Redis(e) => write!(f, "bad redis settings: {e}"),
             AppError::Metrics(e) => write!(f, "cannot register metrics: {e}"),
             AppError::Signal(e) => write!(f, "cannot install signal handlers: {e}"),
+            AppError::Auth(e) => write!(f, "{e}"),
+            AppError::KeyFile(var, e) => write!(f, "cannot read the file named by {var}: {e}"),
         }
     }
 }
@@ -75,18 +81,44 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     )
     .map_err(AppError::Redis)?;
 
+    let auth = Arc::new(Auth::new(auth_settings(&config)?).map_err(AppError::Auth)?);
     let settings = session::Settings {
         heartbeat: config.heartbeat,
-        max_subscriptions: config.max_subscriptions as usize,
+        limits: session::Limits {
+            held: config.max_subscriptions as usize,
+            per_request: config.max_channels_per_request as usize,
+        },
         queue_capacity: config.queue_capacity as usize,
         write_timeout: config.write_timeout,
         drain_period: config.drain_period,
+        rate: session::RateSettings {
+            per_second: NonZeroU32::new(config.rate_limit).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN),
+            strikes: config.rate_limit_strikes,
+        },
     };
     let max_frame = config.max_frame_size as usize;
     let front = Arc::new(Front {
-        shared: Arc::new(Shared::new(hub, metrics.clone(), settings, drain.clone())),
+        shared: Arc::new(Shared::new(
+            hub,
+            auth,
+            metrics.clone(),
+            settings,
+            drain.clone(),
+        )),
         readiness: readiness.clone(),
-        gate: Gate::new(config.max_connections as usize, metrics),
+        gate: Gate::new(
+            config.max_connections as usize,
+            config.max_connections_per_ip as usize,
+            metrics,
+        ),
+        allowed_origins: config
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_lowercase())
+            .collect(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        handshake_timeout: config.handshake_timeout,
         sessions: sessions.clone(),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -127,6 +159,29 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let _ = redis_task.await;
     info!("stopped");
     Ok(())
+}
+
+fn auth_settings(config: &Config) -> Result<AuthSettings, AppError> {
+    let read = |var: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| AppError::KeyFile(var, e))
+    };
+    let key = if let Some(secret) = &config.jwt_secret {
+        KeySource::Secret(secret.clone())
+    } else if let Some(path) = &config.jwt_public_key {
+        KeySource::PublicKeyPem(read("HERALD_JWT_PUBLIC_KEY", path)?)
+    } else if let Some(path) = &config.jwt_jwks {
+        let bytes = read("HERALD_JWT_JWKS", path)?;
+        KeySource::Jwks(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        KeySource::None
+    };
+    Ok(AuthSettings {
+        key,
+        audience: config.jwt_audience.clone(),
+        issuer: config.jwt_issuer.clone(),
+        leeway: config.jwt_leeway,
+        public_channels: Patterns::new(config.public_channels.iter().cloned()),
+    })
 }
 
 async fn wait_for_signal() -> Result<(), AppError> {

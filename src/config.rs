@@ -3,6 +3,7 @@
 //! Parsed once in `main` and passed down; no other module reads the environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -91,6 +92,74 @@ pub struct Config {
     #[arg(long, env = "HERALD_REDIS_BACKOFF_MAX", default_value = "1s", value_parser = duration)]
     pub redis_backoff_max: Duration,
 
+    /// HS256 shared secret for client tokens; setting a key turns authentication on.
+    /// (Its live value is never echoed by --help.)
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA (RS256) or P-256 (ES256) public key for client tokens.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (RSA and P-256 keys); tokens choose a key with their `kid`.
+    #[arg(long, env = "HERALD_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, env = "HERALD_JWT_LEEWAY", default_value = "0s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+
+    /// Comma-separated channel patterns (`*` wildcard) any connected client may subscribe to
+    /// when authentication is on.
+    #[arg(long, env = "HERALD_PUBLIC_CHANNELS", value_delimiter = ',')]
+    pub public_channels: Vec<String>,
+
+    /// Comma-separated origins (e.g. https://app.example.com) browsers may connect from;
+    /// empty means no check. Requests without an Origin header are not browsers and pass.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Time a client has to send its complete HTTP request (the handshake) after connecting.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most open WebSocket connections from one client IP; 0 means no limit.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+
+    /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For is believed
+    /// when finding a client's IP; from anyone else the header is ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Requests (frames) one connection may send per second, on average.
+    #[arg(long, env = "HERALD_RATE_LIMIT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
+
+    /// Requests one connection may send at once above the average rate.
+    #[arg(long, env = "HERALD_RATE_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+
+    /// Requests refused as `rate_limited` after which the connection is closed with 1008.
+    #[arg(long, env = "HERALD_RATE_LIMIT_STRIKES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_strikes: u32,
+
+    /// Most channels one subscribe or unsubscribe request (or the `channels` query) may name.
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_REQUEST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channels_per_request: u32,
+
     /// Log line format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -135,7 +204,40 @@ impl Config {
                 "HERALD_CHANNEL_PREFIX may hold only A-Z a-z 0-9 _ - : . @ / =".into(),
             ));
         }
+        let keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks.is_some(),
+        ];
+        if keys.iter().filter(|set| **set).count() > 1 {
+            return Err(Invalid(
+                "set at most one of HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY, HERALD_JWT_JWKS"
+                    .into(),
+            ));
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
+            return Err(Invalid(
+                "HERALD_JWT_SECRET must be at least 32 bytes (HS256 keys shorter than the hash are weak)".into(),
+            ));
+        }
+        for pattern in &self.public_channels {
+            if pattern.is_empty() || !crate::channel::is_valid_prefix(&pattern.replace('*', "")) {
+                return Err(Invalid(format!(
+                    "HERALD_PUBLIC_CHANNELS: {pattern:?} may hold only channel characters and *"
+                )));
+            }
+        }
         redis_url_scheme_ok(&self.redis_url)
+    }
+
+    /// A copy fit for logs: the Redis password and the JWT secret masked.
+    pub fn masked(&self) -> Config {
+        let mut shown = self.clone();
+        shown.redis_url = self.redis_url_masked();
+        if shown.jwt_secret.is_some() {
+            shown.jwt_secret = Some("***".into());
+        }
+        shown
     }
 
     /// The Redis URL with any password replaced, fit for logs.
@@ -160,6 +262,14 @@ fn redis_url_scheme_ok(raw: &str) -> Result<(), Invalid> {
             "HERALD_REDIS_URL scheme must be redis or rediss, not {other}"
         ))),
     }
+}
+
+/// A CIDR, or a bare address meaning just that host.
+fn net(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{raw:?} is neither an IP address nor a CIDR"))
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {
@@ -201,10 +311,38 @@ mod tests {
     }
 
     #[test]
-    fn masks_the_redis_password() {
-        let config = parse(&["--redis-url", "rediss://:hunter2@example:6380/0"]);
-        let masked = config.redis_url_masked();
-        assert!(!masked.contains("hunter2"), "{masked}");
-        assert!(masked.contains("***"), "{masked}");
+    fn masks_secrets_for_logs() {
+        let secret = "a-very-long-jwt-secret-of-32-bytes!!";
+        let config = parse(&[
+            "--redis-url",
+            "rediss://:hunter2@example:6380/0",
+            "--jwt-secret",
+            secret,
+        ]);
+        let shown = format!("{:?}", config.masked());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(secret),
+            "{shown}"
+        );
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn auth_settings_must_be_usable() {
+        let both = parse(&["--jwt-secret", &"x".repeat(32), "--jwt-jwks", "/k.json"]);
+        assert!(both.validate().is_err(), "two key sources");
+        assert!(parse(&["--jwt-secret", "short"]).validate().is_err());
+        assert!(parse(&["--public-channels", "lobby,room:*"])
+            .validate()
+            .is_ok());
+        assert!(parse(&["--public-channels", "a b"]).validate().is_err());
+        let lists = parse(&["--allowed-origins", "https://a.example,https://b.example"]);
+        assert_eq!(lists.allowed_origins.len(), 2);
+        assert!(
+            Config::try_parse_from(["herald", "--trusted-proxies", "10.0.0.0/8,not-an-ip"])
+                .is_err()
+        );
+        let proxies = parse(&["--trusted-proxies", "10.0.0.0/8, 127.0.0.1"]).trusted_proxies;
+        assert!(proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::gate::Gate;
+use crate::auth::TokenError;
+use crate::client_ip::client_ip;
+use crate::gate::{self, Gate};
+use crate::protocol::Code;
 use crate::readiness::Readiness;
 use crate::session;
-
-/// A client that has not sent its request headers by then is dropped (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the front needs to answer and to start sessions.
 pub struct Front {
@@ -37,6 +38,12 @@ pub struct Front {
     /// Tracks sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
     pub ws_config: WebSocketConfig,
+    /// Browser origins allowed to connect, lowercased; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time a client has to send its complete request after connecting.
+    pub handshake_timeout: Duration,
 }
 
 /// Why a request did not become a WebSocket. The one place refusals map to statuses.
@@ -45,8 +52,11 @@ enum Refused {
     NotUpgrade,
     BadHandshake(&'static str),
     BadChannels(String),
+    Unauthorized(TokenError),
+    BadOrigin,
+    Forbidden(String),
     Draining,
-    Full,
+    Full(gate::Full),
 }
 
 impl Refused {
@@ -59,16 +69,30 @@ impl Refused {
             ),
             Refused::BadHandshake(why) => (StatusCode::BAD_REQUEST, why.to_owned()),
             Refused::BadChannels(why) => (StatusCode::BAD_REQUEST, why),
+            Refused::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why.to_string()),
+            Refused::BadOrigin => (StatusCode::FORBIDDEN, "origin not allowed".to_owned()),
+            Refused::Forbidden(why) => (StatusCode::FORBIDDEN, why),
             Refused::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "draining; connect to another instance".to_owned(),
             ),
-            Refused::Full => (
+            Refused::Full(gate::Full::Instance) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "connection limit reached".to_owned(),
             ),
+            Refused::Full(gate::Full::Ip) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection limit for this address reached".to_owned(),
+            ),
         };
+        let unauthorized = status == StatusCode::UNAUTHORIZED;
         let mut response = text(status, body);
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if status == StatusCode::UPGRADE_REQUIRED {
             let headers = response.headers_mut();
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -81,10 +105,10 @@ impl Refused {
 /// Accepts connections until `stop`; each is served by hyper on its own task.
 pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning on the error.
                     warn!(error = %e, "accept failed");
@@ -96,13 +120,16 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
         let _ = stream.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
+            let handshake_timeout = front.handshake_timeout;
             let service = service_fn(move |request| {
-                let response = route(request, &front);
+                let response = route(request, peer, &front);
                 async move { Ok::<_, Infallible>(response) }
             });
+            // The header read timeout drops a client that connects and sends nothing, or
+            // dribbles its headers (slowloris), before it costs more than a socket.
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let _ = connection.await;
@@ -110,12 +137,16 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
     }
 }
 
-fn route(request: Request<Incoming>, front: &Arc<Front>) -> Response<Full<Bytes>> {
+fn route(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    front: &Arc<Front>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
         return Refused::NotFound.response();
     }
     match request.uri().path() {
-        "/ws" => upgrade(request, front).unwrap_or_else(Refused::response),
+        "/ws" => upgrade(request, peer, front).unwrap_or_else(Refused::response),
         "/healthz" => text(StatusCode::OK, "ok".into()),
         "/readyz" if front.readiness.is_ready() => text(StatusCode::OK, "ready".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready".into()),
@@ -133,6 +164,7 @@ fn route(request: Request<Incoming>, front: &Arc<Front>) -> Response<Full<Bytes>
 
 fn upgrade(
     mut request: Request<Incoming>,
+    peer: SocketAddr,
     front: &Arc<Front>,
 ) -> Result<Response<Full<Bytes>>, Refused> {
     let headers = request.headers();
@@ -161,11 +193,25 @@ fn upgrade(
     if front.readiness.is_draining() {
         return Err(Refused::Draining);
     }
-    let channels = query_channels(request.uri().query());
-    let max = front.shared.settings.max_subscriptions;
-    session::check_channels(&None, &channels, max, &BTreeSet::new())
-        .map_err(|refusal| Refused::BadChannels(refusal.message))?;
-    let slot = front.gate.try_enter().ok_or(Refused::Full)?;
+    if !origin_allowed(headers.get(header::ORIGIN), &front.allowed_origins) {
+        return Err(Refused::BadOrigin);
+    }
+    let query = Query::parse(request.uri().query());
+    let token = bearer(headers.get(header::AUTHORIZATION)).or(query.token.as_deref());
+    let auth = &front.shared.auth;
+    let grant = auth.authenticate(token).map_err(Refused::Unauthorized)?;
+    let channels = query.channels;
+    let limits = front.shared.settings.limits;
+    session::check_channels(&None, &channels, limits, &BTreeSet::new(), |name| {
+        auth.allows(&grant, name)
+    })
+    .map_err(|refusal| match refusal.code {
+        Code::Forbidden => Refused::Forbidden(refusal.message),
+        _ => Refused::BadChannels(refusal.message),
+    })?;
+    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded_for, &front.trusted_proxies);
+    let slot = front.gate.try_enter(ip).map_err(Refused::Full)?;
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let shared = front.shared.clone();
@@ -177,7 +223,7 @@ fn upgrade(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        session::run(ws, channels, shared).await;
+        session::run(ws, channels, grant, shared).await;
         drop(slot);
     });
 
@@ -193,16 +239,50 @@ fn upgrade(
     Ok(response)
 }
 
-/// The `channels=a,b,c` query parameter; absent or empty means none.
-fn query_channels(query: Option<&str>) -> Vec<String> {
-    let Some(query) = query else {
-        return Vec::new();
-    };
-    url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(key, _)| key == "channels")
-        .filter(|(_, value)| !value.is_empty())
-        .flat_map(|(_, value)| value.split(',').map(str::to_owned).collect::<Vec<_>>())
-        .collect()
+/// The upgrade's query parameters Herald reads.
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    /// `channels=a,b,c`; absent or empty means none.
+    channels: Vec<String>,
+    /// `token=JWT`, for clients that cannot set headers.
+    token: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        let mut parsed = Query::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "channels" if !value.is_empty() => {
+                    parsed.channels.extend(value.split(',').map(str::to_owned))
+                }
+                "token" => parsed.token = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+fn bearer(value: Option<&HeaderValue>) -> Option<&str> {
+    let value = value?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Browsers always send Origin on WebSocket upgrades; other clients may not, and an
+/// origin check protects browsers only, so a request without one passes.
+fn origin_allowed(origin: Option<&HeaderValue>, allowed: &[String]) -> bool {
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|origin| {
+            allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+        }),
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -213,16 +293,35 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use super::query_channels;
+    use super::*;
 
     #[test]
-    fn reads_the_channels_parameter() {
-        assert!(query_channels(None).is_empty());
-        assert!(query_channels(Some("channels=")).is_empty());
-        assert_eq!(
-            query_channels(Some("channels=a,b%3Ac&token=x")),
-            ["a", "b:c"]
-        );
-        assert_eq!(query_channels(Some("channels=a,,b")), ["a", "", "b"]);
+    fn reads_the_query() {
+        assert_eq!(Query::parse(None), Query::default());
+        assert!(Query::parse(Some("channels=")).channels.is_empty());
+        let query = Query::parse(Some("channels=a,b%3Ac&token=x.y.z&other=1"));
+        assert_eq!(query.channels, ["a", "b:c"]);
+        assert_eq!(query.token.as_deref(), Some("x.y.z"));
+        assert_eq!(Query::parse(Some("channels=a,,b")).channels, ["a", "", "b"]);
+    }
+
+    #[test]
+    fn reads_bearer_tokens() {
+        let value = HeaderValue::from_static;
+        assert_eq!(bearer(Some(&value("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&value("bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&value("Basic abc"))), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn checks_origins_only_when_configured() {
+        let origin = HeaderValue::from_static("https://app.example");
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(Some(&origin), &[]));
+        assert!(origin_allowed(Some(&origin), &allowed));
+        assert!(origin_allowed(None, &allowed));
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert!(!origin_allowed(Some(&evil), &allowed));
     }
 }

@@ -27,8 +27,10 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod backoff;
 pub mod channel;
+pub mod client_ip;
 pub mod config;
 pub mod gate;
 pub mod http;

@@ -30,9 +30,7 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
-    let mut shown = config.clone();
-    shown.redis_url = config.redis_url_masked();
-    tracing::info!(config = ?shown, "starting herald {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(config = ?config.masked(), "starting herald {}", env!("CARGO_PKG_VERSION"));
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

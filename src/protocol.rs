@@ -16,6 +16,11 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: (u16, &str) = (1008, "heartbeat timeout");
     /// A frame or message above the configured size limit.
     pub const TOO_BIG: (u16, &str) = (1009, "frame too large");
+    /// The client kept sending after its requests were refused as `rate_limited`.
+    pub const RATE_LIMITED: (u16, &str) = (1008, "rate limit exceeded");
+    /// The token's `exp` passed without a `refresh`. In the 4000-4999 range the RFC leaves
+    /// to applications, so no WebSocket library reads it as a transport failure.
+    pub const TOKEN_EXPIRED: (u16, &str) = (4001, "token expired");
 }
 
 /// A request's `id`, echoed verbatim in its reply: a JSON number or string.
@@ -27,6 +32,8 @@ pub enum Op {
     Subscribe(Vec<String>),
     Unsubscribe(Vec<String>),
     Ping,
+    /// Replaces the connection's token before it expires (an extension of contract v1).
+    Refresh(String),
 }
 
 /// A parsed client request.
@@ -89,6 +96,11 @@ impl Request {
             "subscribe" => Op::Subscribe(channels(&object).map_err(|m| bad(&id, m))?),
             "unsubscribe" => Op::Unsubscribe(channels(&object).map_err(|m| bad(&id, m))?),
             "ping" => Op::Ping,
+            "refresh" => match object.get("token") {
+                Some(Value::String(token)) => Op::Refresh(token.clone()),
+                Some(_) => return Err(bad(&id, "token must be a string")),
+                None => return Err(bad(&id, "missing token")),
+            },
             _ => return Err(bad(&id, "unknown op")),
         };
         Ok(Request { id, op })
@@ -190,6 +202,8 @@ mod tests {
         assert_eq!(unsub.op, Op::Unsubscribe(vec![]));
         let ping = Request::parse(r#"{"op":"ping","id":"x"}"#).unwrap();
         assert_eq!((ping.id, ping.op), (Some(json!("x")), Op::Ping));
+        let refresh = Request::parse(r#"{"op":"refresh","token":"t"}"#).unwrap();
+        assert_eq!(refresh.op, Op::Refresh("t".into()));
     }
 
     #[test]
@@ -209,6 +223,8 @@ mod tests {
             r#"{"id":1,"op":"subscribe"}"#,
             r#"{"id":1,"op":"subscribe","channels":"a"}"#,
             r#"{"id":1,"op":"subscribe","channels":["a",2]}"#,
+            r#"{"id":1,"op":"refresh"}"#,
+            r#"{"id":1,"op":"refresh","token":5}"#,
         ] {
             let refusal = refused(text);
             assert_eq!(refusal.code, Code::BadRequest, "{text}");

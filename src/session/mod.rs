@@ -1,9 +1,10 @@
 //! One task per WebSocket connection: requests in, replies and publications out.
 //!
 //! The task owns the socket; the hub reaches it only through its inbox. Each turn of the
-//! loop handles whichever comes first: drain (spread closes over the drain period), queued
-//! publications (one batch, one flush), a client frame, or the heartbeat.
+//! loop handles whichever comes first: drain (spread closes over the drain period), token
+//! expiry, a client frame, the heartbeat, or queued publications (one batch, one flush).
 
+mod requests;
 mod subscriptions;
 mod writer;
 
@@ -20,27 +21,32 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, Grant};
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
 use crate::metrics::Metrics;
-use crate::protocol::{self, close, Code, Op, Refusal, Request};
-pub use subscriptions::check as check_channels;
+use crate::protocol::{self, close};
+pub use requests::RateSettings;
+use requests::{Requests, Verdict};
 use subscriptions::Subscriptions;
+pub use subscriptions::{check as check_channels, Limits};
 use writer::{send_all, WriteError};
 
 /// Per-connection limits and timings, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat: Duration,
-    pub max_subscriptions: usize,
+    pub limits: Limits,
     pub queue_capacity: usize,
     pub write_timeout: Duration,
     pub drain_period: Duration,
+    pub rate: RateSettings,
 }
 
 /// What every session shares.
 pub struct Shared {
     pub hub: Arc<Hub>,
+    pub auth: Arc<Auth>,
     pub metrics: Metrics,
     pub settings: Settings,
     /// Cancelled when the instance starts draining.
@@ -53,12 +59,14 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         hub: Arc<Hub>,
+        auth: Arc<Auth>,
         metrics: Metrics,
         settings: Settings,
         drain: CancellationToken,
     ) -> Self {
         Shared {
             hub,
+            auth,
             metrics,
             settings,
             drain,
@@ -76,30 +84,32 @@ enum End {
     SlowConsumer,
     HeartbeatTimeout,
     TooBig,
+    RateLimited,
+    TokenExpired,
 }
 
-/// Runs one connection to its end. `initial` was checked before the upgrade.
-pub async fn run<S>(mut ws: WebSocketStream<S>, initial: Vec<String>, shared: Arc<Shared>)
-where
+/// Runs one connection to its end. `initial` and `grant` were checked before the upgrade.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    initial: Vec<String>,
+    grant: Grant,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &shared.settings;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let inbox = Arc::new(Inbox::new(settings.queue_capacity));
-    let mut subs = Subscriptions::new(
-        id,
-        inbox.clone(),
-        shared.hub.clone(),
-        settings.max_subscriptions,
-    );
-    if let Err(refusal) = subs.subscribe(&None, &initial) {
+    let subs = Subscriptions::new(id, inbox.clone(), shared.hub.clone(), settings.limits);
+    let mut requests = Requests::new(subs, grant, shared.auth.clone(), settings.rate);
+    if let Err(refusal) = requests.subscribe_initial(&initial) {
         // Checked before the upgrade with the same rule, so this is a bug, not client input.
         tracing::error!(message = %refusal.message, "query channels refused after upgrade");
     }
 
     let session = format!("{:08x}-{id:x}", shared.instance);
     let heartbeat_secs = settings.heartbeat.as_secs_f64().ceil().max(1.0) as u64;
-    let welcome = protocol::welcome(&session, heartbeat_secs, &subs.names());
+    let welcome = protocol::welcome(&session, heartbeat_secs, &requests.subs.names());
     let end = match send_all(
         &mut ws,
         [Message::Text(welcome.into())],
@@ -107,19 +117,21 @@ where
     )
     .await
     {
-        Ok(()) => serve(&mut ws, &inbox, &mut subs, &shared).await,
+        Ok(()) => serve(&mut ws, &inbox, &mut requests, &shared).await,
         Err(WriteError::Stuck) => End::SlowConsumer,
         Err(WriteError::Broken) => End::Gone,
     };
 
     // Stop the fan-out reaching this client before anything else.
     let discarded = inbox.close();
-    drop(subs);
+    drop(requests);
     let code = match end {
         End::Gone => return,
         End::GoingAway => close::GOING_AWAY,
         End::HeartbeatTimeout => close::HEARTBEAT_TIMEOUT,
         End::TooBig => close::TOO_BIG,
+        End::RateLimited => close::RATE_LIMITED,
+        End::TokenExpired => close::TOKEN_EXPIRED,
         End::SlowConsumer => {
             shared
                 .metrics
@@ -134,7 +146,7 @@ where
 async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     inbox: &Inbox,
-    subs: &mut Subscriptions,
+    requests: &mut Requests,
     shared: &Shared,
 ) -> End
 where
@@ -147,10 +159,11 @@ where
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut close_at: Option<Instant> = None;
+    let mut expires_at = requests.expires_at();
 
     loop {
         // Biased, with publications last: a steady stream keeps the inbox always ready,
-        // and must not starve client requests, the heartbeat or the drain.
+        // and must not starve client requests, the heartbeat, expiry or the drain.
         let written = tokio::select! {
             biased;
             _ = shared.drain.cancelled(), if close_at.is_none() => {
@@ -159,22 +172,26 @@ where
                 close_at = Some(Instant::now() + spread);
                 continue;
             }
-            _ = tokio::time::sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
-                return End::GoingAway;
-            }
+            _ = sleep_until(close_at), if close_at.is_some() => return End::GoingAway,
+            _ = sleep_until(expires_at), if expires_at.is_some() => return End::TokenExpired,
             incoming = ws.next() => {
                 last_seen = Instant::now();
-                let reply = match incoming {
+                let message = match incoming {
                     None => return End::Gone,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         return End::TooBig;
                     }
                     Some(Err(_)) => return End::Gone,
-                    Some(Ok(message)) => answer(message, subs),
+                    Some(Ok(message)) => message,
                 };
-                match reply {
-                    Some(text) => send_all(ws, [Message::Text(text.into())], settings.write_timeout).await,
-                    None => Ok(()),
+                match requests.handle(message) {
+                    Verdict::Reply(text) => {
+                        // A refresh may have moved the deadline.
+                        expires_at = requests.expires_at();
+                        send_all(ws, [Message::Text(text.into())], settings.write_timeout).await
+                    }
+                    Verdict::Nothing => Ok(()),
+                    Verdict::Abusive => return End::RateLimited,
                 }
             }
             _ = heartbeat.tick() => {
@@ -201,38 +218,9 @@ where
     }
 }
 
-/// The reply to one client frame, if it needs one.
-fn answer(message: Message, subs: &mut Subscriptions) -> Option<String> {
-    let text = match message {
-        Message::Text(text) => text,
-        Message::Binary(_) => {
-            let refusal = Refusal::new(
-                None,
-                Code::BadRequest,
-                "binary frames are not accepted; send JSON text",
-            );
-            return Some(protocol::error(&refusal));
-        }
-        // Pings are answered by tungstenite; pongs and closes only prove liveness here.
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => return None,
-    };
-    let reply = match Request::parse(&text) {
-        Err(refusal) => protocol::error(&refusal),
-        Ok(Request { id, op: Op::Ping }) => protocol::pong(&id),
-        Ok(Request {
-            id,
-            op: Op::Subscribe(names),
-        }) => match subs.subscribe(&id, &names) {
-            Ok(()) => protocol::ok(&id, &subs.names()),
-            Err(refusal) => protocol::error(&refusal),
-        },
-        Ok(Request {
-            id,
-            op: Op::Unsubscribe(names),
-        }) => {
-            subs.unsubscribe(&names);
-            protocol::ok(&id, &subs.names())
-        }
-    };
-    Some(reply)
+/// Sleeps until `deadline`; the branch using it is disabled while it is `None`.
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
 }

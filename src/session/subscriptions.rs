@@ -11,34 +11,44 @@ use crate::hub::{Hub, SessionId};
 use crate::inbox::Inbox;
 use crate::protocol::{Code, Id, Refusal};
 
+/// The size limits a subscribe request must keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Channels one connection may hold.
+    pub held: usize,
+    /// Channels one request may name.
+    pub per_request: usize,
+}
+
 pub struct Subscriptions {
     session: SessionId,
     inbox: Arc<Inbox>,
     hub: Arc<Hub>,
     /// Sorted, so `ok` replies list channels in a stable order.
     held: BTreeSet<Name>,
-    max: usize,
+    limits: Limits,
 }
 
 impl Subscriptions {
-    pub fn new(session: SessionId, inbox: Arc<Inbox>, hub: Arc<Hub>, max: usize) -> Self {
+    pub fn new(session: SessionId, inbox: Arc<Inbox>, hub: Arc<Hub>, limits: Limits) -> Self {
         Subscriptions {
             session,
             inbox,
             hub,
             held: BTreeSet::new(),
-            max,
+            limits,
         }
     }
 
-    /// Checks a whole request before anything is subscribed (the contract is all-or-nothing).
-    pub fn check(&self, id: &Id, names: &[impl AsRef<str>]) -> Result<(), Refusal> {
-        check(id, names, self.max, &self.held)
-    }
-
-    /// Subscribes to every name or, when any is refused, to none.
-    pub fn subscribe(&mut self, id: &Id, names: &[impl AsRef<str>]) -> Result<(), Refusal> {
-        self.check(id, names)?;
+    /// Subscribes to every name or, when any is refused, to none. `allowed` says what the
+    /// connection's credentials permit.
+    pub fn subscribe(
+        &mut self,
+        id: &Id,
+        names: &[impl AsRef<str>],
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<(), Refusal> {
+        check(id, names, self.limits, &self.held, allowed)?;
         for name in names {
             let name = name.as_ref();
             if !self.held.contains(name) {
@@ -58,6 +68,12 @@ impl Subscriptions {
         }
     }
 
+    /// Drops every channel the connection may no longer hold (after a token refresh).
+    pub fn retain(&mut self, allowed: impl Fn(&str) -> bool) {
+        let refused: Vec<Name> = self.held.iter().filter(|n| !allowed(n)).cloned().collect();
+        self.unsubscribe(&refused);
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.held.iter().map(|name| &**name).collect()
     }
@@ -72,13 +88,19 @@ impl Drop for Subscriptions {
 }
 
 /// The shared rule for a subscribe request, also applied to the `channels` query before
-/// the upgrade (with nothing held): every name valid, and the resulting set within `max`.
+/// the upgrade (with nothing held). Checked in this order, so the error names the first
+/// thing to fix: request size, each name's form, permission, then the total held.
 pub fn check(
     id: &Id,
     names: &[impl AsRef<str>],
-    max: usize,
+    limits: Limits,
     held: &BTreeSet<Name>,
+    allowed: impl Fn(&str) -> bool,
 ) -> Result<(), Refusal> {
+    if names.len() > limits.per_request {
+        let message = format!("a request may name at most {} channels", limits.per_request);
+        return Err(Refusal::new(id.clone(), Code::BadRequest, message));
+    }
     let mut new = BTreeSet::new();
     for name in names {
         let name = name.as_ref();
@@ -87,12 +109,16 @@ pub fn check(
             let message = format!("{}: {shown:?}", e.describe());
             return Err(Refusal::new(id.clone(), Code::BadChannel, message));
         }
+        if !allowed(name) {
+            let message = format!("not allowed to subscribe to {name:?}");
+            return Err(Refusal::new(id.clone(), Code::Forbidden, message));
+        }
         if !held.contains(name) {
             new.insert(name);
         }
     }
-    if held.len() + new.len() > max {
-        let message = format!("a connection may hold at most {max} channels");
+    if held.len() + new.len() > limits.held {
+        let message = format!("a connection may hold at most {} channels", limits.held);
         return Err(Refusal::new(
             id.clone(),
             Code::TooManySubscriptions,
@@ -107,30 +133,53 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    fn subscriptions(max: usize) -> (Subscriptions, Arc<Hub>) {
+    fn subscriptions(held: usize) -> (Subscriptions, Arc<Hub>) {
         let hub = Arc::new(Hub::new(Metrics::new(prometheus::Registry::new()).unwrap()));
         let inbox = Arc::new(Inbox::new(4));
-        (Subscriptions::new(1, inbox, hub.clone(), max), hub)
+        let limits = Limits {
+            held,
+            per_request: 3,
+        };
+        (Subscriptions::new(1, inbox, hub.clone(), limits), hub)
+    }
+
+    fn anything(_: &str) -> bool {
+        true
     }
 
     #[test]
     fn all_or_nothing() {
         let (mut subs, hub) = subscriptions(2);
-        let refusal = subs.subscribe(&None, &["good", "bad name"]).unwrap_err();
+        let refusal = subs
+            .subscribe(&None, &["good", "bad name"], anything)
+            .unwrap_err();
         assert_eq!(refusal.code, Code::BadChannel);
         assert!(subs.names().is_empty() && !hub.is_live("good"));
 
-        subs.subscribe(&None, &["a", "b"]).unwrap();
-        subs.subscribe(&None, &["a", "b", "a"]).unwrap();
-        let refusal = subs.subscribe(&None, &["c"]).unwrap_err();
+        let only_a = |name: &str| name == "a";
+        let refusal = subs.subscribe(&None, &["a", "b"], only_a).unwrap_err();
+        assert_eq!(refusal.code, Code::Forbidden);
+        assert!(subs.names().is_empty() && !hub.is_live("a"));
+
+        subs.subscribe(&None, &["a", "b"], anything).unwrap();
+        subs.subscribe(&None, &["a", "b", "a"], anything).unwrap();
+        let refusal = subs.subscribe(&None, &["c"], anything).unwrap_err();
         assert_eq!(refusal.code, Code::TooManySubscriptions);
+        let refusal = subs
+            .subscribe(&None, &["a", "a", "a", "a"], anything)
+            .unwrap_err();
+        assert_eq!(refusal.code, Code::BadRequest, "per-request limit");
         assert_eq!(subs.names(), ["a", "b"]);
+
+        subs.retain(only_a);
+        assert_eq!(subs.names(), ["a"]);
+        assert!(!hub.is_live("b"));
     }
 
     #[test]
     fn drop_leaves_nothing_behind() {
         let (mut subs, hub) = subscriptions(8);
-        subs.subscribe(&None, &["a", "b"]).unwrap();
+        subs.subscribe(&None, &["a", "b"], anything).unwrap();
         subs.unsubscribe(&["a", "never"]);
         assert!(!hub.is_live("a") && hub.is_live("b"));
         drop(subs);
