@@ -38,6 +38,8 @@ pub mod hub;
 pub mod inbox;
 pub mod metrics;
 pub mod payload;
+#[cfg(test)]
+mod props;
 pub mod protocol;
 pub mod readiness;
 pub mod redis;
