@@ -142,10 +142,14 @@ fn route(
     peer: SocketAddr,
     front: &Arc<Front>,
 ) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
-        return Refused::NotFound.response();
+    // HEAD is answered like GET (hyper omits the body): some load balancers probe with it.
+    let path = request.uri().path();
+    match request.method() {
+        &Method::GET => {}
+        &Method::HEAD if path != "/ws" => {}
+        _ => return Refused::NotFound.response(),
     }
-    match request.uri().path() {
+    match path {
         "/ws" => upgrade(request, peer, front).unwrap_or_else(Refused::response),
         "/healthz" => text(StatusCode::OK, "ok".into()),
         "/readyz" if front.readiness.is_ready() => text(StatusCode::OK, "ready".into()),
@@ -209,7 +213,15 @@ fn upgrade(
         Code::Forbidden => Refused::Forbidden(refusal.message),
         _ => Refused::BadChannels(refusal.message),
     })?;
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    // Proxies may append a header line of their own instead of extending the first one;
+    // all lines together form the chain whose right-most entries are trustworthy.
+    let forwarded_for: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded_for = forwarded_for.join(",");
+    let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for.as_str());
     let ip = client_ip(peer.ip(), forwarded_for, &front.trusted_proxies);
     let slot = front.gate.try_enter(ip).map_err(Refused::Full)?;
 
