@@ -16,6 +16,10 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: (u16, &str) = (1008, "heartbeat timeout");
     /// A frame or message above the configured size limit.
     pub const TOO_BIG: (u16, &str) = (1009, "frame too large");
+    /// A text frame that is not UTF-8.
+    pub const BAD_UTF8: (u16, &str) = (1007, "text frame is not valid UTF-8");
+    /// A frame that breaks RFC 6455 (bad opcode, unmasked, bad fragmentation...).
+    pub const PROTOCOL_ERROR: (u16, &str) = (1002, "protocol error");
     /// The client kept sending after its requests were refused as `rate_limited`.
     pub const RATE_LIMITED: (u16, &str) = (1008, "rate limit exceeded");
     /// The token's `exp` passed without a `refresh`. In the 4000-4999 range the RFC leaves

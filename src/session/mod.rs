@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +86,8 @@ enum End {
     TooBig,
     RateLimited,
     TokenExpired,
+    BadUtf8,
+    ProtocolError,
 }
 
 /// Runs one connection to its end. `initial` and `grant` were checked before the upgrade.
@@ -132,6 +134,8 @@ pub async fn run<S>(
         End::TooBig => close::TOO_BIG,
         End::RateLimited => close::RATE_LIMITED,
         End::TokenExpired => close::TOKEN_EXPIRED,
+        End::BadUtf8 => close::BAD_UTF8,
+        End::ProtocolError => close::PROTOCOL_ERROR,
         End::SlowConsumer => {
             shared
                 .metrics
@@ -181,6 +185,11 @@ where
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         return End::TooBig;
                     }
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                        return End::Gone;
+                    }
+                    Some(Err(WsError::Utf8(_))) => return End::BadUtf8,
+                    Some(Err(WsError::Protocol(_))) => return End::ProtocolError,
                     Some(Err(_)) => return End::Gone,
                     Some(Ok(message)) => message,
                 };
