@@ -144,9 +144,9 @@ fn route(
 ) -> Response<Full<Bytes>> {
     // HEAD is answered like GET (hyper omits the body): some load balancers probe with it.
     let path = request.uri().path();
-    match request.method() {
-        &Method::GET => {}
-        &Method::HEAD if path != "/ws" => {}
+    match *request.method() {
+        Method::GET => {}
+        Method::HEAD if path != "/ws" => {}
         _ => return Refused::NotFound.response(),
     }
     match path {

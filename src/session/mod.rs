@@ -32,6 +32,9 @@ use subscriptions::Subscriptions;
 pub use subscriptions::{check as check_channels, Limits};
 use writer::{send_all, WriteError};
 
+/// How long a client closed for silence gets to answer the close frame.
+const DEAD_CLIENT_GRACE: Duration = Duration::from_secs(1);
+
 /// Per-connection limits and timings, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -144,7 +147,12 @@ pub async fn run<S>(
             close::SLOW_CONSUMER
         }
     };
-    writer::close(&mut ws, code, settings.write_timeout).await;
+    // A client judged dead will not answer the close; do not hold its slot for long.
+    let grace = match end {
+        End::HeartbeatTimeout => settings.write_timeout.min(DEAD_CLIENT_GRACE),
+        _ => settings.write_timeout,
+    };
+    writer::close(&mut ws, code, grace).await;
 }
 
 async fn serve<S>(

@@ -1,0 +1,15 @@
+//! Herald's integration tests: ONE test binary (each tests/*.rs file would be its own slow
+//! link on 2 cores). Every test starts its own redis-server and `herald` on free ports, so
+//! tests run in parallel and share nothing.
+
+mod support;
+
+mod access;
+mod bad_input;
+mod delivery;
+mod flood;
+mod metrics;
+mod payload;
+mod redis_loss;
+mod shutdown;
+mod slow_consumer;

@@ -1,0 +1,257 @@
+//! Losing Redis, loudly or silently, never loses a client or a subscription: Herald
+//! reconnects, resubscribes the union its clients hold, and publications flow again.
+
+use std::collections::BTreeSet;
+
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::delivery::wait_channels;
+use crate::support::eventually::expect_eq;
+use crate::support::{eventually, secs, Client, Gateway, Proxy, Redis};
+
+/// Short timings so an outage is noticed and healed within a test's patience.
+const FAST_REDIS: &[&str] = &[
+    "--redis-probe-interval",
+    "300ms",
+    "--redis-timeout",
+    "1s",
+    "--redis-backoff-base",
+    "20ms",
+    "--redis-backoff-max",
+    "200ms",
+];
+
+async fn reconnects(gw: &Gateway) -> f64 {
+    gw.metrics()
+        .await
+        .value("herald_redis_reconnects_total", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_death_is_probed_and_healed() {
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let gw = Gateway::start(&proxy.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let mut client = Client::connect(&gw.ws_url("channels=live")).await;
+    wait_channels(&redis, &["live"], secs(5)).await;
+    redis.publish("live", "before").await;
+    assert_eq!(
+        client.expect_message("live", secs(5)).await["data"],
+        "before"
+    );
+    let opened_before = proxy.opened();
+
+    // Nothing arrives and nothing errs: only the probe can tell. New connections hang too,
+    // so the outage lasts long enough to be seen on /readyz.
+    proxy.freeze_new(true);
+    proxy.freeze();
+    // Probe interval 300ms, and an unanswered probe counts as lost after one interval.
+    gw.wait_readyz(503, secs(3)).await;
+
+    proxy.freeze_new(false);
+    gw.wait_ready(secs(10)).await;
+    assert!(
+        proxy.opened() > opened_before,
+        "herald must open a new connection through the proxy"
+    );
+    assert!(reconnects(&gw).await >= 1.0);
+    // Readiness comes after resubscribing, so the new connection carries `live` now.
+    redis.publish("live", "after").await;
+    assert_eq!(
+        client.expect_message("live", secs(5)).await["data"],
+        "after"
+    );
+}
+
+/// Kills Redis with SIGKILL under 50 clients holding 601 channels (more than one
+/// resubscribe batch of 512), then restarts it on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_keeps_clients_and_resubscribes_all() {
+    const CLIENTS: usize = 50;
+    const PER_CLIENT: usize = 12;
+    let mut redis = Redis::start().await;
+    let gw = Gateway::start(&redis.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+
+    let mut clients = Vec::new();
+    let mut union = BTreeSet::from(["all".to_owned()]);
+    for i in 0..CLIENTS {
+        let own: Vec<String> = (0..PER_CLIENT)
+            .map(|j| format!("ch-{}", i * PER_CLIENT + j))
+            .collect();
+        union.extend(own.iter().cloned());
+        let query = format!("channels=all,{}", own.join(","));
+        clients.push((Client::connect(&gw.ws_url(&query)).await, own));
+    }
+    let union_names: Vec<&str> = union.iter().map(String::as_str).collect();
+    wait_channels(&redis, &union_names, secs(10)).await;
+
+    redis.kill9();
+    gw.wait_readyz(503, secs(5)).await;
+    // A subscribe during the outage is accepted: the hub, not Redis, is the record.
+    let mut late = Client::connect(&gw.ws_url("")).await;
+    assert_eq!(late.subscribe(1, &["late"]).await, ["late"]);
+
+    redis.restart().await;
+    gw.wait_ready(secs(10)).await;
+    let mut expected = union_names.clone();
+    expected.push("late");
+    wait_channels(&redis, &expected, secs(10)).await;
+    let m = gw.metrics().await;
+    assert_eq!(m.value("herald_connections", &[]), (CLIENTS + 1) as f64);
+
+    // Every client still connected (a close frame would fail expect_message) and served.
+    assert_eq!(redis.publish("all", "everyone").await, 1);
+    for (client, own) in &mut clients {
+        assert_eq!(
+            client.expect_message("all", secs(5)).await["data"],
+            "everyone"
+        );
+        for channel in own.iter() {
+            redis
+                .publish(channel, json!({"to": channel}).to_string())
+                .await;
+            let frame = client.expect_message(channel, secs(5)).await;
+            assert_eq!(frame["data"]["to"], channel.as_str());
+        }
+    }
+    redis.publish("late", "you too").await;
+    assert_eq!(
+        late.expect_message("late", secs(5)).await["data"],
+        "you too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_reconnects_and_resubscribes() {
+    let redis = Redis::start().await;
+    let gw = Gateway::start(&redis.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let mut one = Client::connect(&gw.ws_url("channels=k1,k2")).await;
+    let mut two = Client::connect(&gw.ws_url("channels=k2,k3")).await;
+    wait_channels(&redis, &["k1", "k2", "k3"], secs(5)).await;
+    let before = reconnects(&gw).await;
+
+    assert!(redis.client_kill_pubsub().await >= 1, "herald's connection");
+    eventually(
+        "herald_redis_reconnects_total to increase",
+        secs(10),
+        async || {
+            let now = reconnects(&gw).await;
+            if now > before {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
+    gw.wait_ready(secs(5)).await;
+    wait_channels(&redis, &["k1", "k2", "k3"], secs(5)).await;
+
+    redis.publish("k1", "1").await;
+    redis.publish("k2", "2").await;
+    redis.publish("k3", "3").await;
+    assert_eq!(one.expect_message("k1", secs(5)).await["data"], 1);
+    assert_eq!(one.expect_message("k2", secs(5)).await["data"], 2);
+    assert_eq!(two.expect_message("k2", secs(5)).await["data"], 2);
+    assert_eq!(two.expect_message("k3", secs(5)).await["data"], 3);
+}
+
+/// Random subscribe/unsubscribe from several clients at once, with the subscriber
+/// connection killed midway: once settled, Redis carries exactly the union clients hold.
+/// Requests go in pipelined bursts, so a channel's first-in and last-out often both land
+/// between two reconcile passes, the race a reconciler must settle by live counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_matches_the_union_after_churn() {
+    const CLIENTS: u64 = 6;
+    const ROUNDS: u64 = 20;
+    const BURST: u64 = 20;
+    let redis = Redis::start().await;
+    // Bursts exceed the default per-connection rate limit, which is not under test here.
+    let args = [
+        FAST_REDIS,
+        &["--rate-limit", "10000", "--rate-burst", "10000"],
+    ]
+    .concat();
+    let gw = Gateway::start(&redis.url(), &args).await;
+    gw.wait_ready(secs(10)).await;
+    let names: Vec<String> = (0..24).map(|i| format!("churn-{i}")).collect();
+
+    let (halfway_tx, halfway_rx) = tokio::sync::oneshot::channel();
+    let mut halfway_tx = Some(halfway_tx);
+    let mut tasks = Vec::new();
+    for seed in 0..CLIENTS {
+        let mut client = Client::connect(&gw.ws_url("")).await;
+        let names = names.clone();
+        let mut halfway = if seed == 0 { halfway_tx.take() } else { None };
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut held = Vec::new();
+            for round in 0..ROUNDS {
+                for i in 0..BURST {
+                    let picked: Vec<&str> = (0..rng.random_range(1..=3))
+                        .map(|_| names[rng.random_range(0..names.len())].as_str())
+                        .collect();
+                    let op = if rng.random_bool(0.5) {
+                        "subscribe"
+                    } else {
+                        "unsubscribe"
+                    };
+                    let id = round * BURST + i;
+                    client
+                        .send_json(json!({"op": op, "id": id, "channels": picked}))
+                        .await;
+                }
+                for i in 0..BURST {
+                    let reply = client.recv_json(secs(5)).await;
+                    assert_eq!(
+                        (&reply["op"], &reply["id"]),
+                        (&json!("ok"), &json!(round * BURST + i)),
+                        "{reply}"
+                    );
+                    held = crate::support::client::sorted_names(&reply["channels"]);
+                }
+                if round == ROUNDS / 2 {
+                    if let Some(tx) = halfway.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            (client, held)
+        }));
+    }
+
+    halfway_rx.await.expect("client 0 reached halfway");
+    assert!(redis.client_kill_pubsub().await >= 1, "herald's connection");
+    let mut union = BTreeSet::new();
+    let mut pairs = 0;
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, held) = task.await.expect("churn task");
+        pairs += held.len();
+        union.extend(held);
+        clients.push(client);
+    }
+
+    gw.wait_ready(secs(10)).await;
+    let union: Vec<&str> = union.iter().map(String::as_str).collect();
+    wait_channels(&redis, &union, secs(10)).await;
+    let expected = (pairs as f64, union.len() as f64);
+    eventually(
+        "(herald_subscriptions, herald_channels) to match the clients",
+        secs(5),
+        async || {
+            let m = gw.metrics().await;
+            let seen = (
+                m.value("herald_subscriptions", &[]),
+                m.value("herald_channels", &[]),
+            );
+            expect_eq(seen, &expected)
+        },
+    )
+    .await;
+    assert!(reconnects(&gw).await >= 1.0, "the kill forced a reconnect");
+}

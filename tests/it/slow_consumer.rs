@@ -1,0 +1,125 @@
+//! A client that stops reading is closed with 1008 "slow consumer"; the others get every
+//! publication in order meanwhile, and the gateway's memory stays bounded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::delivery::wait_channels;
+use crate::support::{eventually, secs, start, Client};
+
+/// Large enough that a few hundred fill the loopback socket buffers (several MB each way).
+const PAYLOAD_BYTES: usize = 48 * 1024;
+/// One publication per tick: a steady, bounded rate (~4.8 MB/s).
+const TICK: Duration = Duration::from_millis(10);
+/// Upper bound on publications, so the publisher stops by itself whatever happens.
+const MAX_PUBLICATIONS: u64 = 3000;
+const RSS_LIMIT: u64 = 200 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_and_others_are_unaffected() {
+    let (redis, gw) = start(&["--write-timeout", "2s", "--queue-capacity", "64"]).await;
+    let mut slow = Client::connect(&gw.ws_url("channels=firehose")).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let client = Client::connect(&gw.ws_url("channels=firehose")).await;
+        readers.push(tokio::spawn(read_all(client)));
+    }
+    wait_channels(&redis, &["firehose"], secs(5)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(publish(redis.url(), stop.clone()));
+
+    let mut max_rss = 0;
+    eventually(
+        "herald_dropped_total{reason=\"slow_consumer\"} > 0",
+        secs(40),
+        async || {
+            max_rss = max_rss.max(gw.rss_bytes());
+            let m = gw.metrics().await;
+            let dropped = m.value("herald_dropped_total", &[("reason", "slow_consumer")]);
+            let connections = m.value("herald_connections", &[]);
+            if dropped > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "dropped {dropped}, connections {connections}, max RSS {} MB",
+                    max_rss / (1024 * 1024)
+                ))
+            }
+        },
+    )
+    .await;
+    // The server keeps the connection one more write timeout to flush the close frame:
+    // reading now finds it behind whatever was already in the socket buffers.
+    assert_eq!(
+        slow.expect_close(secs(10)).await,
+        (1008, "slow consumer".to_owned())
+    );
+    max_rss = max_rss.max(gw.rss_bytes());
+
+    stop.store(true, Ordering::SeqCst);
+    let published = publisher.await.expect("publisher task");
+    let mut still_open = Vec::new();
+    for reader in readers {
+        let (received, client) = reader.await.expect("reader task");
+        assert_eq!(received, published, "a reading client missed publications");
+        still_open.push(client);
+    }
+    // Only the slow client was closed.
+    gw.wait_metric("herald_connections", 2.0, secs(5)).await;
+    max_rss = max_rss.max(gw.rss_bytes());
+    assert!(
+        max_rss < RSS_LIMIT,
+        "gateway RSS reached {} MB",
+        max_rss / (1024 * 1024)
+    );
+}
+
+/// Publishes `{"seq":n,"pad":...}` every tick until `stop`, then `{"end":n}`; returns n.
+async fn publish(url: String, stop: Arc<AtomicBool>) -> u64 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("publisher connection");
+    let pad = "x".repeat(PAYLOAD_BYTES);
+    let mut tick = tokio::time::interval(TICK);
+    let mut seq = 0;
+    while !stop.load(Ordering::SeqCst) && seq < MAX_PUBLICATIONS {
+        tick.tick().await;
+        let payload = json!({"seq": seq, "pad": pad}).to_string();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("firehose")
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .expect("PUBLISH");
+        seq += 1;
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("firehose")
+        .arg(json!({"end": seq}).to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("PUBLISH end");
+    seq
+}
+
+/// Reads until the end marker, checking every sequence number arrives, in order, once;
+/// returns the count and the client (still connected).
+async fn read_all(mut client: Client) -> (u64, Client) {
+    let mut next = 0;
+    loop {
+        let frame = client.recv_json(secs(10)).await;
+        assert_eq!(frame["op"], "message", "a reading client got {frame}");
+        if let Some(end) = frame["data"]["end"].as_u64() {
+            assert_eq!(end, next, "end marker after {next} publications");
+            return (next, client);
+        }
+        assert_eq!(frame["data"]["seq"], next, "out of order or missing");
+        next += 1;
+    }
+}

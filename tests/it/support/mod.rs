@@ -1,0 +1,45 @@
+//! Fixtures that start real things: redis-server, the `herald` binary, WebSocket clients,
+//! a freezable TCP proxy; and the helpers to wait on them with bounded timeouts.
+
+// Each test uses a different subset of the fixtures.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod eventually;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod redis;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+pub use client::Client;
+pub use eventually::eventually;
+pub use gateway::Gateway;
+pub use proxy::Proxy;
+pub use redis::Redis;
+
+/// Short hand for the many timeouts in the tests.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A port that was free a moment ago: bind port 0 and let the listener go.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The usual start: a fresh Redis and a gateway on it that is ready (subscriber connected).
+pub async fn start(extra_args: &[&str]) -> (Redis, Gateway) {
+    let redis = Redis::start().await;
+    let gateway = Gateway::start(&redis.url(), extra_args).await;
+    gateway.wait_ready(secs(10)).await;
+    (redis, gateway)
+}

@@ -1,0 +1,187 @@
+//! A real redis-server per test, on a free port, that can be killed and restarted on the
+//! same port (to test Herald's reconnect against a Redis that truly went away).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use super::free_port;
+
+pub struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    client: redis::Client,
+    /// The test's own (non-pub/sub) connection, opened on first use and after a restart.
+    conn: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Redis {
+    /// Starts redis-server on a free port and waits until it answers PING.
+    pub async fn start() -> Redis {
+        // The free port may be taken by a parallel test between our probe and redis's bind;
+        // a redis-server that exits at once is retried on another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("herald-it-redis-{port}-{}", nanos()));
+            std::fs::create_dir_all(&dir).expect("create redis temp dir");
+            let mut redis = Redis {
+                port,
+                client: redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                    .expect("redis url"),
+                child: Some(spawn(port, &dir)),
+                dir,
+                conn: Mutex::new(None),
+            };
+            if redis.wait_up(Duration::from_secs(10)).await {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL: no goodbye to any client, like a crashed host; waits for the exit.
+    pub fn kill9(&mut self) {
+        *self.conn.lock().unwrap() = None;
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL redis-server");
+            child.wait().expect("wait for redis-server");
+        }
+    }
+
+    /// Starts redis-server again on the same port (empty: no persistence) and waits for PING.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() needs a killed redis");
+        self.child = Some(spawn(self.port, &self.dir));
+        assert!(
+            self.wait_up(Duration::from_secs(10)).await,
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// PUBLISH; returns how many subscribers Redis delivered to.
+    pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload.as_ref());
+        self.query(&cmd).await
+    }
+
+    /// PUBSUB CHANNELS, sorted.
+    pub async fn pubsub_channels(&self) -> Vec<String> {
+        let mut channels: Vec<String> = self.query(redis::cmd("PUBSUB").arg("CHANNELS")).await;
+        channels.sort();
+        channels
+    }
+
+    /// CLIENT KILL TYPE pubsub; returns how many connections Redis closed.
+    pub async fn client_kill_pubsub(&self) -> i64 {
+        self.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+            .await
+    }
+
+    /// Any command, e.g. `raw(&["CLIENT", "LIST"])`.
+    pub async fn raw(&self, args: &[&str]) -> redis::Value {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        self.query(&cmd).await
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = self.conn().await;
+        match cmd.query_async(&mut conn).await {
+            Ok(value) => value,
+            Err(e) => {
+                *self.conn.lock().unwrap() = None;
+                panic!("redis command {cmd:?} failed: {e}");
+            }
+        }
+    }
+
+    async fn conn(&self) -> MultiplexedConnection {
+        if let Some(conn) = self.conn.lock().unwrap().clone() {
+            return conn;
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("connect to redis on port {}: {e}", self.port));
+        *self.conn.lock().unwrap() = Some(conn.clone());
+        conn
+    }
+
+    /// True once the server answers PING; false if the process exited or time ran out.
+    async fn wait_up(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().expect("a running redis");
+            if let Some(status) = child.try_wait().expect("poll redis-server") {
+                eprintln!("redis-server on port {} exited: {status}", self.port);
+                self.child = None;
+                return false;
+            }
+            if let Ok(mut conn) = self.client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    *self.conn.lock().unwrap() = Some(conn);
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    let spawned = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "redis-server is not installed (not found on PATH); these tests need a real Redis: \
+             apt-get install redis-server"
+        ),
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
