@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use redis::aio::PubSubStream;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::channel::Prefix;
@@ -63,6 +63,38 @@ impl std::fmt::Display for Lost {
     }
 }
 
+/// The current loss of the connection, for one log line per disconnect and per reconnect.
+#[derive(Default)]
+struct Outage {
+    /// When the connection was lost; `None` while up (or before the first connect).
+    since: Option<Instant>,
+    attempts: u32,
+    connected_once: bool,
+}
+
+impl Outage {
+    /// Counts a failed connection; true when it starts a new outage.
+    fn begin(&mut self) -> bool {
+        self.attempts += 1;
+        if self.since.is_some() {
+            return false;
+        }
+        self.since = Some(Instant::now());
+        true
+    }
+
+    /// The connection is back; returns how long it was down and after how many attempts,
+    /// or `None` for the first connection of the process.
+    fn end(&mut self) -> Option<(Duration, u32)> {
+        let since = self.since.take();
+        let attempts = std::mem::take(&mut self.attempts);
+        if !std::mem::replace(&mut self.connected_once, true) {
+            return None;
+        }
+        Some((since.map(|s| s.elapsed()).unwrap_or_default(), attempts))
+    }
+}
+
 pub struct Subscriber {
     client: redis::Client,
     settings: Settings,
@@ -90,17 +122,22 @@ impl Subscriber {
     /// Runs until `shutdown`; a lost connection always leads to a reconnect.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
-        let mut connected_before = false;
+        let mut outage = Outage::default();
         loop {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                lost = self.serve(&mut backoff, &mut connected_before) => lost,
+                lost = self.serve(&mut backoff, &mut outage) => lost,
             };
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
             self.metrics.channels.set(0);
             let wait = backoff.next_delay();
-            warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection down");
+            // One warning per outage; the retries within it are debug noise.
+            if outage.begin() {
+                warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection down");
+            } else {
+                debug!(cause = %lost, retry_in = ?wait, "redis subscriber still down");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -109,7 +146,7 @@ impl Subscriber {
     }
 
     /// One connection's life; returns only when it is lost.
-    async fn serve(&self, backoff: &mut Backoff, connected_before: &mut bool) -> Lost {
+    async fn serve(&self, backoff: &mut Backoff, outage: &mut Outage) -> Lost {
         let timeout = self.settings.timeout;
         let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
@@ -130,15 +167,21 @@ impl Subscriber {
         };
 
         backoff.reset();
-        if std::mem::replace(connected_before, true) {
+        let ended = outage.end();
+        if ended.is_some() {
             self.metrics.redis_reconnects_total.inc();
         }
         self.metrics.redis_connected.set(1);
         self.readiness.set_redis_up(true);
-        info!(
-            channels = resubscribed,
-            "redis subscriber connected and resubscribed"
-        );
+        match ended {
+            Some((down_for, attempts)) => info!(
+                channels = resubscribed,
+                ?down_for,
+                attempts,
+                "redis subscriber reconnected and resubscribed"
+            ),
+            None => info!(channels = resubscribed, "redis subscriber connected"),
+        }
 
         tokio::select! {
             lost = self.read(stream) => lost,

@@ -160,6 +160,46 @@ async fn client_kill_reconnects_and_resubscribes() {
     assert_eq!(two.expect_message("k3", secs(5)).await["data"], 3);
 }
 
+/// Redis cuts a subscriber whose output buffer passes `client-output-buffer-limit`: here
+/// one publication larger than a small hard limit. That publication is lost to everyone
+/// (Redis dropped it with the connection); Herald must notice, reconnect and resubscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_buffer_limit_disconnect_is_healed() {
+    let redis = Redis::start().await;
+    let gw = Gateway::start(&redis.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let mut client = Client::connect(&gw.ws_url("channels=big")).await;
+    wait_channels(&redis, &["big"], secs(5)).await;
+    let before = reconnects(&gw).await;
+
+    redis
+        .raw(&[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 64kb 0 0",
+        ])
+        .await;
+    redis.publish("big", vec![b'x'; 1 << 20]).await;
+    eventually(
+        "herald_redis_reconnects_total to increase after the buffer-limit disconnect",
+        secs(10),
+        async || {
+            let now = reconnects(&gw).await;
+            if now > before {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
+    gw.wait_ready(secs(5)).await;
+    wait_channels(&redis, &["big"], secs(5)).await;
+    redis.publish("big", "after").await;
+    assert_eq!(client.expect_message("big", secs(5)).await["data"], "after");
+}
+
 /// Random subscribe/unsubscribe from several clients at once, with the subscriber
 /// connection killed midway: once settled, Redis carries exactly the union clients hold.
 /// Requests go in pipelined bursts, so a channel's first-in and last-out often both land
