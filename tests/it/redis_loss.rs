@@ -28,6 +28,23 @@ async fn reconnects(gw: &Gateway) -> f64 {
         .value("herald_redis_reconnects_total", &[])
 }
 
+/// Waits until the subscriber connection was re-established since `before` was read.
+async fn wait_reconnect(gw: &Gateway, before: f64) {
+    eventually(
+        "herald_redis_reconnects_total to increase",
+        secs(10),
+        async || {
+            let now = reconnects(gw).await;
+            if now > before {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_death_is_probed_and_healed() {
     let redis = Redis::start().await;
@@ -135,19 +152,7 @@ async fn client_kill_reconnects_and_resubscribes() {
     let before = reconnects(&gw).await;
 
     assert!(redis.client_kill_pubsub().await >= 1, "herald's connection");
-    eventually(
-        "herald_redis_reconnects_total to increase",
-        secs(10),
-        async || {
-            let now = reconnects(&gw).await;
-            if now > before {
-                Ok(())
-            } else {
-                Err(now)
-            }
-        },
-    )
-    .await;
+    wait_reconnect(&gw, before).await;
     gw.wait_ready(secs(5)).await;
     wait_channels(&redis, &["k1", "k2", "k3"], secs(5)).await;
 
@@ -181,19 +186,7 @@ async fn output_buffer_limit_disconnect_is_healed() {
         ])
         .await;
     redis.publish("big", vec![b'x'; 1 << 20]).await;
-    eventually(
-        "herald_redis_reconnects_total to increase after the buffer-limit disconnect",
-        secs(10),
-        async || {
-            let now = reconnects(&gw).await;
-            if now > before {
-                Ok(())
-            } else {
-                Err(now)
-            }
-        },
-    )
-    .await;
+    wait_reconnect(&gw, before).await;
     gw.wait_ready(secs(5)).await;
     wait_channels(&redis, &["big"], secs(5)).await;
     redis.publish("big", "after").await;
