@@ -81,6 +81,9 @@ struct Claims {
     /// Required; optional here only so a token without it is refused by the validation
     /// with "missing claim exp" rather than as malformed JSON.
     exp: Option<u64>,
+    /// Checked against the clock: a token issued in the future is refused.
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -147,6 +150,16 @@ impl Auth {
             .claims
             .exp
             .ok_or_else(|| TokenError::Invalid("missing claim exp".into()))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > now.as_secs() + key.validation.leeway)
+        {
+            return Err(TokenError::Invalid("issued in the future (iat)".into()));
+        }
         Ok(Grant {
             subject: data.claims.sub,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),

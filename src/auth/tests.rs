@@ -88,6 +88,13 @@ fn refuses_bad_tokens_with_a_reason() {
         refused(&hs("s3cret", &claims(json!({"nbf": now() + 60})))),
         "not valid yet (nbf)"
     );
+    assert_eq!(
+        refused(&hs("s3cret", &claims(json!({"iat": now() + 600})))),
+        "issued in the future (iat)"
+    );
+    assert!(auth
+        .authenticate(Some(&hs("s3cret", &claims(json!({"iat": now() - 5})))))
+        .is_ok());
     let no_exp = json!({"sub": "u42", "channels": []});
     assert_eq!(refused(&hs("s3cret", &no_exp)), "missing claim exp");
     // An RS256 token must not pass where HS256 is configured (algorithm confusion).

@@ -71,3 +71,18 @@ async fn a_flooding_client_harms_no_one_else() {
     assert_eq!(gateway.get("/healthz").await.0, 200);
     Client::connect(&gateway.ws_url("")).await;
 }
+
+/// The size limit holds for whole messages too: fragments each under the limit that add up
+/// to more than it close the connection with 1009, like one oversized frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_adding_up_past_the_limit_close_with_1009() {
+    let (_redis, gateway) = start(&["--max-frame-size", "4096"]).await;
+    let mut client = Client::connect(&gateway.ws_url("")).await;
+    let chunk = vec![b' '; 3000];
+    let first = Frame::message(chunk.clone(), OpCode::Data(Data::Text), false);
+    let last = Frame::message(chunk, OpCode::Data(Data::Continue), true);
+    client.ws.send(Message::Frame(first)).await.unwrap();
+    client.ws.send(Message::Frame(last)).await.unwrap();
+    let (code, _) = client.expect_close(secs(5)).await;
+    assert_eq!(code, 1009);
+}
