@@ -104,6 +104,7 @@ impl Refused {
 
 /// Accepts connections until `stop`; each is served by hyper on its own task.
 pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationToken) {
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -111,7 +112,7 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning on the error.
-                    warn!(error = %e, "accept failed");
+                    failures.record(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -134,6 +135,29 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
                 .with_upgrades();
             let _ = connection.await;
         });
+    }
+}
+
+/// Logs accept failures at most once per interval, with how many were folded in: under
+/// descriptor exhaustion they repeat every 50 ms.
+#[derive(Default)]
+struct AcceptFailures {
+    last_logged: Option<std::time::Instant>,
+    folded: u64,
+}
+
+impl AcceptFailures {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn record(&mut self, error: &std::io::Error) {
+        match self.last_logged {
+            Some(at) if at.elapsed() < Self::INTERVAL => self.folded += 1,
+            _ => {
+                warn!(%error, repeated = self.folded, "accept failed");
+                self.last_logged = Some(std::time::Instant::now());
+                self.folded = 0;
+            }
+        }
     }
 }
 

@@ -16,7 +16,10 @@
 //! - `inbox`      a client's bounded outgoing queue; full means drop, count, `lagged`
 //! - `hub`        channel -> subscribers; the record of what Redis should carry
 //! - `redis`      the subscriber connection: reconnect, resubscribe, reconcile, probe
-//! - `gate`       the connection limit
+//! - `gate`       the connection limits, per instance and per client IP
+//! - `fd_limit`   the connection limit the open-files limit really allows
+//! - `auth`       JWT verification and channel grants
+//! - `client_ip`  the client address behind trusted proxies
 //! - `readiness`  what `/readyz` answers
 //! - `protocol`   wire frames and close codes
 //! - `channel`    the channel-name rule and the prefix mapping
@@ -32,6 +35,7 @@ pub mod backoff;
 pub mod channel;
 pub mod client_ip;
 pub mod config;
+pub mod fd_limit;
 pub mod gate;
 pub mod http;
 pub mod hub;
