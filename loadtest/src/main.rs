@@ -1,1 +1,69 @@
-fn main() {}
+//! herald-loadtest: the load-test instrument for Herald (and Nchan, side by side).
+//!
+//! ```text
+//!  coordinator (this process, `herald-loadtest SCENARIO`)
+//!   │ spawns K workers = this binary, `worker` subcommand; plan on stdin, events on stdout
+//!   ├──► worker 0: clients [0, N/K)   ─┐ one current_thread runtime each, raw WebSocket
+//!   ├──► worker 1: clients [N/K, 2N/K) ┼─► reader per connection: latency into an HDR
+//!   │                                  ┘   histogram, sequence gaps = losses
+//!   ├── publisher: PUBLISH to Redis (or POST to Nchan) at a fixed, smooth rate
+//!   └── probes: /proc/PID of the server (CPU, RSS), /proc/self of every generator process
+//! ```
+//!
+//! - `cli`        every scenario and flag, with defaults
+//! - `scenario/`  one file per scenario: what it publishes and what it reports
+//! - `run`        the set-up every scenario shares: workers, readiness, Redis subscriptions
+//! - `phase`      one measured publishing window: publish, drain, collect, compute
+//! - `fleet`      the coordinator's side of the worker processes
+//! - `worker/`    a worker process: connect its slice of clients, answer commands
+//! - `client`     one subscriber connection: sequence and latency bookkeeping
+//! - `conn`       socket, handshake and the frame reader under `client`
+//! - `wire`       WebSocket frame header rules (RFC 6455 §5.2)
+//! - `peer`       what differs between Herald and Nchan on the subscriber side
+//! - `decode`     a received text frame -> stamp / welcome / lagged
+//! - `stamp`      the publication payload `{"t":ns,"s":seq,"c":channel}`
+//! - `publish/`   Redis and Nchan publishers and the rate pacer
+//! - `redis_ops`  PUBSUB NUMSUB waits, SHUTDOWN NOSAVE, waiting for Redis to come back
+//! - `tally`      counters and the latency histogram, mergeable across processes
+//! - `events`     the worker <-> coordinator line protocol
+//! - `plan`       what a worker is told: layout of clients over channels, target, limits
+//! - `sources`    local source addresses for many connections
+//! - `procfs`     reading /proc: CPU ticks, RSS, open-file limit
+//! - `usage`      server and generator CPU/RSS over a measured window
+//! - `report`     results as text or one JSON line
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod client;
+mod conn;
+mod decode;
+mod events;
+mod fleet;
+mod peer;
+mod phase;
+mod plan;
+mod procfs;
+mod publish;
+mod redis_ops;
+mod report;
+mod run;
+mod scenario;
+mod sources;
+mod stamp;
+mod tally;
+mod usage;
+mod wire;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.scenario {
+        cli::Scenario::Worker => worker::main(),
+        scenario => scenario::main(scenario),
+    }
+}

@@ -1,0 +1,252 @@
+//! Every scenario and every flag, with its default; `herald-loadtest SCENARIO --help`
+//! prints them. Small values (`--clients 50 --duration 1s`) make each scenario a smoke test.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load-test instrument for Herald: fan-out latency, saturation, memory per connection,
+/// connect rate and Redis-outage recovery.
+///
+/// Start the server with a long heartbeat (Herald: `--heartbeat 300s`) so server pings do
+/// not add noise; the clients answer pings anyway. Raise the open-files limit in the shell
+/// first (`ulimit -n 19000`): each client is one socket.
+#[derive(Debug, Parser)]
+#[command(name = "herald-loadtest", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// N clients on one channel; one measured phase per publication rate.
+    Fanout(Fanout),
+    /// N clients on one channel; raise the rate stepwise until p99 passes the limit or a
+    /// delivery is lost; reports the highest sustained deliveries/s.
+    Saturate(Saturate),
+    /// N clients, each on its own channel plus one shared channel.
+    Channels(Channels),
+    /// N idle subscribed connections held open; reports server KiB of RSS per connection.
+    Idle(Idle),
+    /// Time for N clients to connect and be confirmed subscribed.
+    Connect(Connect),
+    /// N clients over C channels; Redis is shut down and restarted; reports the time until
+    /// every channel is resubscribed and a publication reaches every client.
+    Outage(Outage),
+    /// Internal: one generator process, driven by the coordinator over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Which server is under test; decides the subscriber URL, the frames and the publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerKind {
+    /// Herald: `channels=` query, `welcome` frame, envelopes; publications via Redis.
+    Herald,
+    /// Nchan: `{channel}` in the URL, raw bodies; publications by HTTP POST.
+    Nchan,
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Subscriber endpoint. Herald: its /ws URL (may carry a query). Nchan: a websocket
+    /// location where `{channel}` stands for the channel (several joined by commas).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub target: String,
+
+    /// Redis to PUBLISH to and to query with PUBSUB (Herald peer).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+
+    /// Server under test.
+    #[arg(long, value_enum, default_value = "herald")]
+    pub peer: PeerKind,
+
+    /// Nchan publisher location; `{channel}` stands for the channel (nchan peer only).
+    #[arg(long, default_value = "http://127.0.0.1:8081/pub/{channel}")]
+    pub nchan_pub: String,
+
+    /// PID of the server: CPU seconds from /proc/PID/stat, RSS from /proc/PID/status.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Client channel names are PREFIX + a number.
+    #[arg(long, default_value = "lt.")]
+    pub channel_prefix: String,
+
+    /// The server's own channel prefix (Herald's HERALD_CHANNEL_PREFIX), put before every
+    /// name published to or queried on Redis.
+    #[arg(long, default_value = "")]
+    pub redis_channel_prefix: String,
+
+    /// Token sent as `token=` on the upgrade, for a server with authentication on.
+    #[arg(long)]
+    pub token: Option<String>,
+
+    /// Generator processes; 0 = enough to keep each under the open-files limit.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+
+    /// Local addresses to connect from, round-robin: a range `127.0.0.2-127.0.0.9` or a
+    /// comma list. Each address gives one ephemeral port range (~28,000 connections).
+    /// Default: the kernel picks (one address).
+    #[arg(long)]
+    pub source_addrs: Option<String>,
+
+    /// Connection attempts in flight at once, over all workers.
+    #[arg(long, default_value_t = 500)]
+    pub connect_concurrency: usize,
+
+    /// Deadline for one client to connect and be confirmed (Herald: `welcome`).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// After publishing stops, how long deliveries may stall before the missing ones
+    /// count as lost.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub settle: Duration,
+
+    /// Deadline for Redis to show every channel subscribed before publishing starts.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub subscribe_timeout: Duration,
+
+    /// Print one JSON result line on stdout instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Fanout {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribed clients, all on one channel.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: u32,
+    /// Publication rates, per second, one phase each (comma list).
+    #[arg(long, value_delimiter = ',', default_value = "20,200")]
+    pub rates: Vec<f64>,
+    /// Publishing time per rate.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Saturate {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribed clients, all on one channel.
+    #[arg(long, default_value_t = 2000)]
+    pub clients: u32,
+    /// Publication rate of the first step, per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub start_rate: f64,
+    /// Each step publishes at the previous rate times this.
+    #[arg(long, default_value_t = 1.5)]
+    pub step_factor: f64,
+    /// Publishing time per step.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub step_duration: Duration,
+    /// Most steps; the run stops there even if no step failed.
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: u32,
+    /// A step whose p99 latency exceeds this fails.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub p99_limit: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Channels {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients; each has its own channel and also subscribes to the shared one.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: u32,
+    /// Publications per second spread round-robin over the own channels.
+    #[arg(long, default_value_t = 2000.0)]
+    pub own_rate: f64,
+    /// Publications per second on the shared channel.
+    #[arg(long, default_value_t = 5.0)]
+    pub shared_rate: f64,
+    /// Publishing time.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Idle {
+    #[command(flatten)]
+    pub common: Common,
+    /// Idle subscribed connections.
+    #[arg(long, default_value_t = 20000)]
+    pub clients: u32,
+    /// Channels the clients are spread over (client i on channel i mod C).
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+    /// How long the connections are held before RSS is read.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub hold: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Connect {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients to connect.
+    #[arg(long, default_value_t = 10000)]
+    pub clients: u32,
+    /// Channels the clients are spread over (client i on channel i mod C).
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Outage {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribed clients.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: u32,
+    /// Channels the clients are spread over (client i on channel i mod C).
+    #[arg(long, default_value_t = 2000)]
+    pub channels: u32,
+    /// Shell command (run with `sh -c`) that starts Redis again on the same address after
+    /// the tool has shut it down with SHUTDOWN NOSAVE; it should daemonize, e.g.
+    /// `redis-server --port 6379 --save '' --appendonly no --daemonize yes`.
+    #[arg(long)]
+    pub redis_start_cmd: String,
+    /// How long Redis stays down before the start command runs.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub down_for: Duration,
+    /// Deadline for resubscription and delivery to every client after Redis is back.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub recover_timeout: Duration,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{e} (write e.g. 500ms, 10s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_scenarios() {
+        let cli = Cli::try_parse_from(["t", "fanout"]).expect("parses");
+        let Scenario::Fanout(fanout) = cli.scenario else {
+            panic!("not fanout")
+        };
+        assert_eq!(fanout.clients, 5000);
+        assert_eq!(fanout.rates, vec![20.0, 200.0]);
+        assert_eq!(fanout.duration, Duration::from_secs(10));
+        assert_eq!(fanout.common.target, "ws://127.0.0.1:8080/ws");
+    }
+}

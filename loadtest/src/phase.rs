@@ -1,0 +1,77 @@
+//! One measured publishing window: reset the workers' counts, publish at the given rates,
+//! wait for the last deliveries, collect, and compute what the report shows.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::publish::pace::Stream;
+use crate::report::Phase;
+use crate::run::Run;
+use crate::tally::Latency;
+use crate::usage::Window;
+
+/// Longest wait for late deliveries after publishing stops, beyond --settle stalls.
+const DRAIN_CAP: Duration = Duration::from_secs(60);
+
+/// Publishes `streams` for `duration` and measures the deliveries.
+pub async fn measure(
+    run: &mut Run,
+    name: String,
+    streams: Vec<Stream>,
+    duration: Duration,
+) -> Result<Phase, String> {
+    let rate: f64 = streams.iter().map(|s| s.rate).sum();
+    eprintln!("{}: phase {name}: {rate}/s for {duration:?}", run.scenario);
+    let baseline = run.fleet.report().await?;
+    let window = Window::open(run.common.server_pid, baseline.cpu_ticks);
+    let published = run.publish(&streams, duration).await?;
+    let expected: u64 = published
+        .per_channel
+        .iter()
+        .zip(&run.audience)
+        .map(|(sent, subscribers)| sent * subscribers)
+        .sum();
+    let drain_started = Instant::now();
+    run.fleet
+        .drain(expected, run.common.settle, DRAIN_CAP)
+        .await?;
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    let report = run.fleet.report().await?;
+    let usage = window.close(&report.cpu_ticks);
+    run.warnings
+        .extend(usage.warnings(&format!("phase {name}")));
+    if published.sent < (rate * duration.as_secs_f64() * 0.95) as u64 {
+        run.warnings.push(format!(
+            "phase {name}: the publisher sent only {} publications",
+            published.sent
+        ));
+    }
+    let tally = &report.tally;
+    let unique = tally.received.saturating_sub(tally.duplicates);
+    let window_s = published.elapsed_s.max(duration.as_secs_f64());
+    Ok(Phase {
+        name,
+        rate,
+        duration_s: duration.as_secs_f64(),
+        expected,
+        received: tally.received,
+        lost: expected.saturating_sub(unique),
+        gaps: tally.gaps,
+        duplicates: tally.duplicates,
+        lagged: tally.lagged,
+        foreign: tally.foreign,
+        stale: tally.stale,
+        deliveries_per_s: tally.received as f64 / window_s,
+        latency_ms: Latency::of(&tally.latency),
+        drain_s,
+        ended: report.ends,
+        deliveries_per_server_cpu_s: usage
+            .server
+            .as_ref()
+            .filter(|s| s.cpu_s > 0.0)
+            .map(|s| tally.received as f64 / s.cpu_s),
+        usage,
+        published,
+    })
+}

@@ -1,0 +1,64 @@
+//! Publishers: Redis PUBLISH (Herald) or HTTP POST (Nchan), behind one enum, and the pacer
+//! that drives either at a fixed rate.
+//!
+//! Every publication carries a stamp (`stamp`): send time, sequence, channel index. The
+//! sequence per channel lives in `Sequences`, owned by the run, so it continues across
+//! phases and a client's gap detection never resets.
+
+pub mod pace;
+mod via_nchan;
+mod via_redis;
+
+pub use via_redis::connect;
+
+use crate::cli::{Common, PeerKind};
+use crate::plan::channel_name;
+
+/// The next sequence number per channel, starting at 1.
+pub struct Sequences(Vec<u64>);
+
+impl Sequences {
+    pub fn new(channels: u32) -> Sequences {
+        Sequences(vec![1; channels as usize])
+    }
+
+    fn take(&mut self, channel: u32) -> u64 {
+        let slot = &mut self.0[channel as usize];
+        *slot += 1;
+        *slot - 1
+    }
+}
+
+pub enum Publisher {
+    Redis(via_redis::RedisPublisher),
+    Nchan(via_nchan::NchanPublisher),
+}
+
+impl Publisher {
+    /// A publisher for `channels` channels of the run, named as the clients name them.
+    pub async fn connect(common: &Common, channels: u32) -> Result<Publisher, String> {
+        let names = (0..channels).map(|c| channel_name(&common.channel_prefix, c));
+        match common.peer {
+            PeerKind::Herald => {
+                let names = names
+                    .map(|name| format!("{}{name}", common.redis_channel_prefix))
+                    .collect();
+                Ok(Publisher::Redis(
+                    via_redis::RedisPublisher::connect(&common.redis, names).await?,
+                ))
+            }
+            PeerKind::Nchan => Ok(Publisher::Nchan(via_nchan::NchanPublisher::new(
+                &common.nchan_pub,
+                names.collect(),
+            )?)),
+        }
+    }
+
+    /// Publishes once on each channel in `batch` (repeats allowed), stamped now.
+    pub async fn send(&mut self, batch: &[u32], seqs: &mut Sequences) -> Result<(), String> {
+        match self {
+            Publisher::Redis(publisher) => publisher.send(batch, seqs).await,
+            Publisher::Nchan(publisher) => publisher.send(batch, seqs).await,
+        }
+    }
+}

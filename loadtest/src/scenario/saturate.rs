@@ -1,0 +1,112 @@
+//! `saturate`: N clients on one channel; the rate rises by a factor each step until a
+//! step's p99 exceeds the limit or a delivery is lost; the answer is the highest
+//! deliveries/s of a step that passed.
+//!
+//! A step also ends the climb when the publisher could not keep its rate (then the
+//! publisher, not the server, was the limit, and the report says so).
+
+use serde::Serialize;
+
+use crate::cli::Saturate;
+use crate::phase::measure;
+use crate::plan::Layout;
+use crate::publish::pace::Stream;
+use crate::report::{Phase, RunReport};
+use crate::run::Run;
+
+#[derive(Debug, Serialize)]
+struct Verdict {
+    /// Deliveries/s of the last step that passed; 0 if none did.
+    sustained_deliveries_per_s: f64,
+    /// Its publication rate.
+    sustained_rate: f64,
+    steps_passed: usize,
+    stopped_because: String,
+}
+
+pub async fn run(args: Saturate) -> Result<RunReport, String> {
+    if args.start_rate.is_nan()
+        || args.start_rate <= 0.0
+        || args.step_factor.is_nan()
+        || args.step_factor <= 1.0
+    {
+        return Err("--start-rate must be above 0 and --step-factor above 1".into());
+    }
+    let work = args.step_duration * args.max_steps;
+    let mut run = Run::start(
+        "saturate",
+        &args.common,
+        Layout::OneChannel,
+        args.clients,
+        work,
+    )
+    .await?;
+    let limit_ms = args.p99_limit.as_secs_f64() * 1000.0;
+    let mut verdict = Verdict {
+        sustained_deliveries_per_s: 0.0,
+        sustained_rate: 0.0,
+        steps_passed: 0,
+        stopped_because: format!("reached --max-steps {}", args.max_steps),
+    };
+    let mut rate = args.start_rate;
+    for step in 1..=args.max_steps {
+        let stream = Stream {
+            channels: vec![0],
+            rate,
+        };
+        let name = format!("step {step}: {rate:.0}/s");
+        let phase = measure(&mut run, name, vec![stream], args.step_duration).await?;
+        let failure = failure(&phase, limit_ms, rate, args.step_duration.as_secs_f64());
+        run.phases.push(phase);
+        if let Some(why) = failure {
+            verdict.stopped_because = format!("step {step} ({rate:.0}/s): {why}");
+            break;
+        }
+        let phase = run.phases.last().expect("just pushed");
+        verdict.sustained_deliveries_per_s = phase.deliveries_per_s;
+        verdict.sustained_rate = rate;
+        verdict.steps_passed += 1;
+        rate *= args.step_factor;
+    }
+    let text = vec![
+        format!(
+            "result       sustained {:.0} deliveries/s at {:.0} publications/s ({} steps passed)",
+            verdict.sustained_deliveries_per_s, verdict.sustained_rate, verdict.steps_passed
+        ),
+        format!("             stopped: {}", verdict.stopped_because),
+    ];
+    // Loss at the breaking point is what the scenario looks for; loss at the first step
+    // is a fault.
+    let clean = verdict.steps_passed > 0;
+    let value = serde_json::to_value(&verdict).map_err(|e| e.to_string())?;
+    Ok(run.finish(clean, Some(value), text).await)
+}
+
+/// Why a step fails, if it does.
+fn failure(phase: &Phase, limit_ms: f64, rate: f64, seconds: f64) -> Option<String> {
+    if phase.lost > 0 || phase.lagged > 0 {
+        return Some(format!(
+            "lost {} deliveries (lagged {})",
+            phase.lost, phase.lagged
+        ));
+    }
+    if !phase.ended.is_empty() {
+        return Some(format!("connections ended: {:?}", phase.ended));
+    }
+    if phase.duplicates > 0 || phase.foreign > 0 {
+        return Some(format!(
+            "{} duplicated, {} misrouted",
+            phase.duplicates, phase.foreign
+        ));
+    }
+    if phase.latency_ms.p99_ms > limit_ms {
+        return Some(format!(
+            "p99 {:.1} ms > {limit_ms:.0} ms",
+            phase.latency_ms.p99_ms
+        ));
+    }
+    if (phase.published.sent as f64) < 0.95 * rate * seconds {
+        return Some("the publisher could not keep the rate".into());
+    }
+    None
+}
