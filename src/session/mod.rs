@@ -172,13 +172,17 @@ where
     let mut last_seen = Instant::now();
     let mut close_at: Option<Instant> = None;
     let mut expires_at = requests.expires_at();
+    // Created once: each `cancelled()` registers on the token every session shares, so a
+    // fresh one per turn would cost two locks of one process-wide mutex per delivery batch.
+    let drain = shared.drain.cancelled();
+    tokio::pin!(drain);
 
     loop {
         // Biased, with publications last: a steady stream keeps the inbox always ready,
         // and must not starve client requests, the heartbeat, expiry or the drain.
         let written = tokio::select! {
             biased;
-            _ = shared.drain.cancelled(), if close_at.is_none() => {
+            _ = &mut drain, if close_at.is_none() => {
                 // Spread the closes so clients do not all reconnect in the same instant.
                 let spread = settings.drain_period.mul_f64(rand::rng().random_range(0.0..1.0));
                 close_at = Some(Instant::now() + spread);
