@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             .collect(),
         trusted_proxies: config.trusted_proxies.clone(),
         handshake_timeout: config.handshake_timeout,
+        proxy_protocol: config.proxy_protocol,
         sessions: sessions.clone(),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)

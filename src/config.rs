@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Expect a PROXY protocol header (v1 or v2) on connections from HERALD_TRUSTED_PROXIES
+    /// and take the client's IP from it; a trusted peer that sends none is dropped.
+    #[arg(long, env = "HERALD_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// Requests (frames) one connection may send per second, on average.
     #[arg(long, env = "HERALD_RATE_LIMIT", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..))]

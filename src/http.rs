@@ -15,18 +15,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::auth::TokenError;
 use crate::client_ip::client_ip;
 use crate::gate::{self, Gate};
 use crate::protocol::Code;
+use crate::proxy_protocol;
 use crate::readiness::Readiness;
 use crate::session;
 
@@ -44,6 +45,8 @@ pub struct Front {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Time a client has to send its complete request after connecting.
     pub handshake_timeout: Duration,
+    /// Whether trusted proxies put a PROXY protocol header before the request.
+    pub proxy_protocol: bool,
 }
 
 /// Why a request did not become a WebSocket. The one place refusals map to statuses.
@@ -121,6 +124,10 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
         let _ = stream.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
+            let Some(peer) = proxied_peer(&mut stream, peer, &front).await else {
+                return;
+            };
             let handshake_timeout = front.handshake_timeout;
             let service = service_fn(move |request| {
                 let response = route(request, peer, &front);
@@ -135,6 +142,33 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
                 .with_upgrades();
             let _ = connection.await;
         });
+    }
+}
+
+/// The address the connection speaks for: the PROXY header's client when the peer is a
+/// trusted proxy and the header is expected, else the peer. `None`: drop the connection.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    front: &Front,
+) -> Option<SocketAddr> {
+    let trusted = front
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    if !front.proxy_protocol || !trusted {
+        return Some(peer);
+    }
+    match tokio::time::timeout(front.handshake_timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(client)) => Some(client.map_or(peer, |ip| SocketAddr::new(ip, 0))),
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "dropped: bad PROXY header");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "dropped: no PROXY header within the handshake timeout");
+            None
+        }
     }
 }
 

@@ -45,6 +45,7 @@ pub mod payload;
 #[cfg(test)]
 mod props;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod readiness;
 pub mod redis;
 pub mod session;

@@ -498,3 +498,61 @@ impl SendText for crate::support::client::Ws {
         let _ = self.send(Message::Text(value.to_string().into())).await;
     }
 }
+
+/// Connects after writing `header` (a PROXY protocol line) on the raw socket; `Err` holds
+/// the HTTP refusal, or 0 when the server dropped the connection without answering.
+async fn connect_proxied(gateway: &crate::support::Gateway, header: &str) -> Result<Client, u16> {
+    use tokio::io::AsyncWriteExt;
+    // The "proxy" connects from 127.0.0.2, the one trusted address; the fixtures' own
+    // probes come from 127.0.0.1 and stay direct.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(gateway.addr()).await.unwrap();
+    stream.write_all(header.as_bytes()).await.unwrap();
+    let request = gateway.ws_url("").into_client_request().unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    match tokio::time::timeout(secs(5), tokio_tungstenite::client_async(request, stream)).await {
+        Ok(Ok((ws, _))) => {
+            let mut client = Client {
+                ws,
+                welcome: Value::Null,
+            };
+            client.welcome = client.expect_op("welcome", secs(5)).await;
+            Ok(client)
+        }
+        Ok(Err(tungstenite::Error::Http(response))) => Err(response.status().as_u16()),
+        Ok(Err(_)) => Err(0),
+        Err(_) => panic!("no answer within 5s after {header:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_trusted_proxies_names_the_client() {
+    let (_redis, gateway) = start(&[
+        "--proxy-protocol",
+        "--trusted-proxies",
+        "127.0.0.2",
+        "--max-connections-per-ip",
+        "1",
+        "--handshake-timeout",
+        "1s",
+    ])
+    .await;
+    let first = "PROXY TCP4 203.0.113.7 127.0.0.1 40000 8080\r\n";
+    let _one = connect_proxied(&gateway, first)
+        .await
+        .expect("first client");
+    let same = "PROXY TCP4 203.0.113.7 127.0.0.1 40001 8080\r\n";
+    assert_eq!(
+        connect_proxied(&gateway, same).await.err(),
+        Some(503),
+        "per-IP limit by PROXY source"
+    );
+    let other = "PROXY TCP4 203.0.113.8 127.0.0.1 40002 8080\r\n";
+    assert!(
+        connect_proxied(&gateway, other).await.is_ok(),
+        "another client IP"
+    );
+    // A trusted proxy that sends no header is dropped without an answer.
+    assert_eq!(connect_proxied(&gateway, "").await.err(), Some(0));
+}
