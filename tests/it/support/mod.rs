@@ -7,8 +7,10 @@
 pub mod client;
 pub mod eventually;
 pub mod gateway;
+pub mod haproxy;
 pub mod http;
 pub mod metrics;
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 
