@@ -88,8 +88,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_REDIS_BACKOFF_BASE", default_value = "50ms", value_parser = duration)]
     pub redis_backoff_base: Duration,
 
-    /// Cap of the reconnect delay ceiling.
-    #[arg(long, env = "HERALD_REDIS_BACKOFF_MAX", default_value = "1s", value_parser = duration)]
+    /// Cap of the reconnect delay ceiling. It bounds how long after Redis is back the
+    /// subscriber may still wait (full jitter draws below it): 500ms keeps recovery within
+    /// a second while a fleet's reconnects stay spread.
+    #[arg(long, env = "HERALD_REDIS_BACKOFF_MAX", default_value = "500ms", value_parser = duration)]
     pub redis_backoff_max: Duration,
 
     /// HS256 shared secret for client tokens; setting a key turns authentication on.
