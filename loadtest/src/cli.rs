@@ -37,6 +37,12 @@ pub enum Scenario {
     /// Internal: one generator process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Not a scenario: one line per JSON report (from `--json`); with --strict, fails when
+    /// a report is not clean or any phase lost a delivery. Used by loadtest/smoke.sh.
+    Summary(Summary),
+    /// Not a scenario: the benchmark page (Markdown tables of medians, and an SVG plot) from
+    /// the raw JSON reports loadtest/run.sh keeps.
+    Table(Table),
 }
 
 /// Which server is under test; decides the subscriber URL, the frames and the publisher.
@@ -222,6 +228,31 @@ pub struct Outage {
     /// Deadline for resubscription and delivery to every client after Redis is back.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub recover_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Summary {
+    /// Files holding one `--json` report each.
+    #[arg(required = true)]
+    pub reports: Vec<std::path::PathBuf>,
+    /// Exit 1 when a report is not clean or any of its phases lost, lagged, duplicated or
+    /// misrouted a delivery (saturate's failing last step included).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Table {
+    /// Directory of `PEER-SCENARIO-RUN.json` reports (`.failed` for runs that measured
+    /// nothing) and `meta.txt` (`Key: value` lines describing the run).
+    #[arg(long)]
+    pub raw: std::path::PathBuf,
+    /// Markdown page to write.
+    #[arg(long)]
+    pub markdown: std::path::PathBuf,
+    /// SVG plot to write (latency percentiles per scenario, KiB per idle connection).
+    #[arg(long)]
+    pub svg: std::path::PathBuf,
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {

@@ -31,9 +31,12 @@
 //! - `procfs`     reading /proc: CPU ticks, RSS, open-file limit
 //! - `usage`      server and generator CPU/RSS over a measured window
 //! - `report`     results as text or one JSON line
+//! - `bench/`     after the runs, from the JSON reports: one-line summaries (smoke.sh),
+//!   the benchmark page of medians and its SVG plot (run.sh)
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cli;
 mod client;
 mod conn;
@@ -64,6 +67,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.scenario {
         cli::Scenario::Worker => worker::main(),
+        cli::Scenario::Summary(args) => bench::summary(&args),
+        cli::Scenario::Table(args) => bench::table(&args),
         scenario => scenario::main(scenario),
     }
 }

@@ -101,6 +101,18 @@ fn parse_limits(limits: &str) -> Option<u64> {
     }
 }
 
+/// CPUs of the whole machine: the `cpuN` lines of /proc/stat (affinity does not apply).
+pub fn machine_cpus() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let count = stat
+        .lines()
+        .filter(|line| {
+            line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+        })
+        .count();
+    (count > 0).then_some(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

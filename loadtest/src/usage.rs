@@ -148,7 +148,9 @@ impl Usage {
                 self.generator.busiest_core_pct
             ));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // The machine's CPUs, not this process's: the generator runs under `taskset`,
+        // which `available_parallelism` would report.
+        let cores = crate::procfs::machine_cpus().unwrap_or(1) as f64;
         let server = self.server.as_ref().map_or(0.0, |s| s.cores);
         let ours = server + self.generator.cpu_s / self.wall_s;
         let busy = self.machine_busy_cores.unwrap_or(ours).max(ours);

@@ -66,10 +66,11 @@ impl NchanPublisher {
     }
 
     pub async fn send(&mut self, batch: &[u32], seqs: &mut Sequences) -> Result<(), String> {
-        let t = now_ns();
         let mut first_error = None;
         for &channel in batch {
-            let body = encode(t, seqs.take(channel), channel);
+            // Stamped per POST: POSTs are sequential, and a stamp taken once per batch would
+            // charge later ones with the wait for earlier replies (seen: p99 of 31 s).
+            let body = encode(now_ns(), seqs.take(channel), channel);
             let outcome = tokio::time::timeout(REQUEST_TIMEOUT, self.post(channel, &body)).await;
             let error = match outcome {
                 Ok(Ok(status)) if (200..300).contains(&status) => continue,

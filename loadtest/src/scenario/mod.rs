@@ -55,7 +55,9 @@ pub fn main(scenario: Scenario) -> ExitCode {
             args.common.json,
             local.block_on(&runtime, outage::run(args)),
         ),
-        Scenario::Worker => unreachable!("dispatched in main"),
+        Scenario::Worker | Scenario::Summary(_) | Scenario::Table(_) => {
+            unreachable!("dispatched in main")
+        }
     };
     match outcome {
         Ok(report) => finish(&report, json),

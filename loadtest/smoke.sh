@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# CI smoke run of the load generator: every herald-loadtest scenario once against a debug
+# build of Herald, with 50 clients and 1 s windows, so the instrument cannot rot unnoticed.
+# Prints one line per scenario; exits non-zero if a scenario could not measure, reports
+# not clean, or lost a delivery. Herald only (the Nchan side needs nginx: see run.sh).
+#
+#   loadtest/smoke.sh          # ~20 s after the build
+#
+# Redis and Herald run on free ports in a temporary directory; both are stopped by pid
+# on exit, and every scenario is bounded by its own deadline and by `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source loadtest/lib.sh
+
+cargo build --quiet -p herald -p herald-loadtest
+bin="${CARGO_TARGET_DIR:-target}/debug"
+command -v redis-server >/dev/null || {
+  echo "smoke.sh: redis-server is not installed (apt-get install redis-server)" >&2
+  exit 1
+}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/herald-smoke.XXXXXX")
+herald_pid=
+cleanup() {
+  local status=$?
+  [[ -n $herald_pid ]] && stop_pid "$herald_pid"
+  stop_redis "$work"
+  if ((status != 0)); then
+    echo "smoke.sh: failed; Herald's log:" >&2
+    tail -n 20 "$work/herald.log" >&2 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+raise_nofile
+
+redis_port=$(free_port)
+herald_port=$(free_port "$redis_port")
+start_redis "$redis_port" "$work"
+# --heartbeat 300s keeps server pings out of the measurement; --max-connections-per-ip 0
+# because every client comes from 127.0.0.1 (the same flags as the benchmark).
+"$bin/herald" --listen "127.0.0.1:$herald_port" --redis-url "redis://127.0.0.1:$redis_port" \
+  --heartbeat 300s --max-connections-per-ip 0 --log warn >"$work/herald.log" 2>&1 &
+herald_pid=$!
+wait_for 20 "Herald to be ready on port $herald_port" http_ok "$herald_port" /readyz
+
+common=(--target "ws://127.0.0.1:$herald_port/ws" --redis "redis://127.0.0.1:$redis_port"
+  --server-pid "$herald_pid" --json)
+failed=()
+smoke() {
+  local scenario=$1 status=0
+  shift
+  timeout --kill-after=5 60 "$bin/herald-loadtest" "$scenario" "${common[@]}" "$@" \
+    >"$work/$scenario.json" 2>"$work/$scenario.log" || status=$?
+  # 0: clean; 3: measured but not clean (summary --strict says why); else: no measurement.
+  if ((status != 0 && status != 3)); then
+    echo "$scenario: herald-loadtest exited with $status:" >&2
+    tail -n 5 "$work/$scenario.log" >&2
+    failed+=("$scenario")
+  elif ! "$bin/herald-loadtest" summary --strict "$work/$scenario.json"; then
+    failed+=("$scenario")
+  fi
+}
+
+smoke fanout --clients 50 --rates 20,200 --duration 1s
+smoke saturate --clients 50 --start-rate 50 --step-duration 1s --max-steps 2
+smoke channels --clients 50 --own-rate 100 --duration 1s
+smoke idle --clients 50 --hold 1s
+smoke connect --clients 50
+smoke outage --clients 50 --channels 20 --down-for 200ms \
+  --redis-start-cmd "$(redis_cmd "$redis_port" "$work")"
+
+if ((${#failed[@]})); then
+  echo "smoke.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "smoke.sh: all six scenarios clean"

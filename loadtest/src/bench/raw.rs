@@ -1,0 +1,178 @@
+//! The raw results loadtest/run.sh keeps, one file per run, so every median on the
+//! benchmark page can be checked:
+//!
+//! - `PEER-SCENARIO-RUN.json`: the run's `--json` report (also for exit status 3, "measured
+//!   but not clean": those numbers count, and the page says the run was not clean);
+//! - `PEER-SCENARIO-RUN.failed`: a run that measured nothing (exit status 1, a timeout):
+//!   its status and the last lines of its log;
+//! - `meta.txt`: `Key: value` lines (date, machine, command, versions), shown in order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Servers the runner knows, in page order.
+pub const PEERS: [&str; 2] = ["herald", "nchan"];
+
+/// Scenarios in page order.
+pub const SCENARIOS: [&str; 6] = [
+    "fanout", "saturate", "channels", "idle", "connect", "outage",
+];
+
+/// One run of one scenario against one peer.
+#[derive(Debug)]
+pub enum Run {
+    Report(Value),
+    /// Why it measured nothing.
+    Failed(String),
+}
+
+/// Everything in one raw directory.
+#[derive(Debug, Default)]
+pub struct Raw {
+    pub meta: Vec<(String, String)>,
+    /// Per (peer, scenario), ordered by run number.
+    runs: BTreeMap<(String, String), Vec<(u32, Run)>>,
+}
+
+impl Raw {
+    pub fn load(dir: &Path) -> Result<Raw, String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut raw = Raw::default();
+        for entry in entries {
+            let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let text = || std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"));
+            if name == "meta.txt" {
+                raw.meta = parse_meta(&text()?);
+                continue;
+            }
+            let Some((stem, kind)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let Some((peer, scenario, number)) = parse_stem(stem) else {
+                continue;
+            };
+            let run = match kind {
+                "json" => {
+                    let text = text()?;
+                    let line = text.lines().rev().find(|l| l.starts_with('{'));
+                    let value = line
+                        .and_then(|line| serde_json::from_str(line).ok())
+                        .ok_or_else(|| format!("{name}: no JSON report in it"))?;
+                    Run::Report(value)
+                }
+                "failed" => Run::Failed(text()?.trim().to_owned()),
+                _ => continue,
+            };
+            raw.runs
+                .entry((peer.to_owned(), scenario.to_owned()))
+                .or_default()
+                .push((number, run));
+        }
+        for runs in raw.runs.values_mut() {
+            runs.sort_by_key(|(number, _)| *number);
+        }
+        Ok(raw)
+    }
+
+    /// Whether any run of this pair is present (measured or failed).
+    pub fn ran(&self, peer: &str, scenario: &str) -> bool {
+        self.runs.contains_key(&key(peer, scenario))
+    }
+
+    /// Every run of the pair, in order.
+    pub fn runs(&self, peer: &str, scenario: &str) -> impl Iterator<Item = &Run> {
+        self.runs
+            .get(&key(peer, scenario))
+            .into_iter()
+            .flatten()
+            .map(|(_, run)| run)
+    }
+
+    /// The reports of the runs that measured.
+    pub fn reports(&self, peer: &str, scenario: &str) -> Vec<&Value> {
+        self.runs(peer, scenario)
+            .filter_map(|run| match run {
+                Run::Report(value) => Some(value),
+                Run::Failed(_) => None,
+            })
+            .collect()
+    }
+
+    /// The first value of a meta key.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn key(peer: &str, scenario: &str) -> (String, String) {
+    (peer.to_owned(), scenario.to_owned())
+}
+
+/// `herald-fanout-2` -> ("herald", "fanout", 2).
+fn parse_stem(stem: &str) -> Option<(&str, &str, u32)> {
+    let mut parts = stem.split('-');
+    let (peer, scenario, number) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !PEERS.contains(&peer) || !SCENARIOS.contains(&scenario) {
+        return None;
+    }
+    Some((peer, scenario, number.parse().ok()?))
+}
+
+fn parse_meta(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_peer_scenario_and_run() {
+        assert_eq!(parse_stem("nchan-idle-3"), Some(("nchan", "idle", 3)));
+        assert_eq!(parse_stem("herald-fanout"), None);
+        assert_eq!(parse_stem("other-fanout-1"), None);
+        assert_eq!(parse_stem("herald-fanout-1-x"), None);
+    }
+
+    #[test]
+    fn meta_keeps_its_order_and_colons_in_values() {
+        let meta = parse_meta("Date: 2026-01-02 10:00 UTC\nnot a pair\nCommand: a: b\n");
+        assert_eq!(
+            meta,
+            vec![
+                ("Date".into(), "2026-01-02 10:00 UTC".into()),
+                ("Command".into(), "a: b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn loads_reports_failures_and_meta() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meta.txt"), "Mode: quick\n").unwrap();
+        std::fs::write(dir.join("herald-idle-2.json"), "{\"clean\":false}\n").unwrap();
+        std::fs::write(dir.join("herald-idle-1.json"), "{\"clean\":true}\n").unwrap();
+        std::fs::write(dir.join("nchan-idle-1.failed"), "exit 1\n").unwrap();
+        let raw = Raw::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(raw.meta("Mode"), Some("quick"));
+        let reports = raw.reports("herald", "idle");
+        assert_eq!(reports[0]["clean"], Value::Bool(true));
+        assert_eq!(reports[1]["clean"], Value::Bool(false));
+        assert!(raw.reports("nchan", "idle").is_empty());
+        assert!(raw.ran("nchan", "idle"));
+        assert!(!raw.ran("nchan", "fanout"));
+    }
+}

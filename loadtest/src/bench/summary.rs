@@ -1,0 +1,134 @@
+//! One line per `--json` report, for the smoke run: scenario, peer, clean or not, and the
+//! numbers that matter for it. `--strict` also fails a report with any phase that lost,
+//! lagged, duplicated or misrouted a delivery.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::rows::at;
+use super::stats::{thousands, Unit};
+
+/// The line for one report, and why it fails under --strict (if it does).
+pub fn line(report: &Value) -> (String, Option<String>) {
+    let scenario = report["scenario"].as_str().unwrap_or("?");
+    let clean = report["clean"] == Value::Bool(true);
+    let mut out = format!(
+        "{scenario:<9} {:<7} {:<5} {:>6} clients, connect {}",
+        report["peer"].as_str().unwrap_or("?"),
+        if clean { "clean" } else { "NOT CLEAN" },
+        thousands(at(report, "/clients").unwrap_or(0.0)),
+        Unit::Seconds.format(at(report, "/connect/elapsed_s").unwrap_or(0.0)),
+    );
+    let mut faults = Vec::new();
+    if !clean {
+        faults.push("not clean".to_owned());
+    }
+    let failed = at(report, "/connect/failed").unwrap_or(0.0);
+    if failed > 0.0 {
+        let _ = write!(out, " ({failed} failed)");
+    }
+    for phase in report["phases"].as_array().into_iter().flatten() {
+        let n = |key: &str| phase[key].as_u64().unwrap_or(0);
+        let _ = write!(
+            out,
+            " | {}: {} deliveries/s, lost {}, p99 {}",
+            phase["name"].as_str().unwrap_or("?"),
+            thousands(at(phase, "/deliveries_per_s").unwrap_or(0.0)),
+            n("lost"),
+            Unit::Ms.format(at(phase, "/latency_ms/p99_ms").unwrap_or(0.0)),
+        );
+        let bad = n("lost") + n("lagged") + n("duplicates") + n("foreign");
+        if bad > 0 {
+            faults.push(format!(
+                "phase {}: lost {} lagged {} duplicated {} misrouted {}",
+                phase["name"].as_str().unwrap_or("?"),
+                n("lost"),
+                n("lagged"),
+                n("duplicates"),
+                n("foreign")
+            ));
+        }
+    }
+    let r = |key: &str| at(report, &format!("/result/{key}"));
+    let seconds = |v: Option<f64>| v.map_or("never".into(), |s| Unit::Seconds.format(s));
+    match scenario {
+        "saturate" => {
+            let _ = write!(
+                out,
+                " | sustained {} deliveries/s ({} steps passed)",
+                thousands(r("sustained_deliveries_per_s").unwrap_or(0.0)),
+                r("steps_passed").unwrap_or(0.0)
+            );
+        }
+        "idle" => {
+            let _ = write!(
+                out,
+                " | {} per connection, {} still open",
+                Unit::KiB.format(r("kib_per_connection").unwrap_or(0.0)),
+                thousands(r("live_at_end").unwrap_or(0.0))
+            );
+        }
+        "connect" => {
+            let _ = write!(
+                out,
+                " | {}/s, per client p99 {}",
+                thousands(at(report, "/connect/per_s").unwrap_or(0.0)),
+                Unit::Ms.format(at(report, "/connect/latency_ms/p99_ms").unwrap_or(0.0))
+            );
+        }
+        "outage" => {
+            let _ = write!(
+                out,
+                " | resubscribed after {}, all reached after {}, {} still connected",
+                seconds(r("resubscribed_after_s")),
+                seconds(r("all_reached_after_s")),
+                thousands(r("live_at_end").unwrap_or(0.0))
+            );
+        }
+        _ => {}
+    }
+    let fault = (!faults.is_empty()).then(|| faults.join("; "));
+    (out, fault)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_clean_fanout_passes_and_a_loss_fails() {
+        let mut report = json!({
+            "scenario": "fanout", "peer": "herald", "clients": 50, "clean": true,
+            "connect": {"elapsed_s": 0.01, "failed": 0},
+            "phases": [{"name": "20/s", "deliveries_per_s": 1000.0, "lost": 0,
+                        "latency_ms": {"p99_ms": 2.5}}]
+        });
+        let (text, fault) = line(&report);
+        assert_eq!(fault, None);
+        assert!(text.contains("fanout    herald  clean"), "{text}");
+        assert!(
+            text.contains("20/s: 1,000 deliveries/s, lost 0, p99 2.50 ms"),
+            "{text}"
+        );
+        report["phases"][0]["lost"] = json!(3);
+        let (_, fault) = line(&report);
+        assert_eq!(
+            fault.as_deref(),
+            Some("phase 20/s: lost 3 lagged 0 duplicated 0 misrouted 0")
+        );
+    }
+
+    #[test]
+    fn an_outage_that_never_recovered_says_so() {
+        let report = json!({
+            "scenario": "outage", "peer": "herald", "clients": 50, "clean": false,
+            "connect": {"elapsed_s": 0.01}, "phases": [],
+            "result": {"resubscribed_after_s": 0.2, "all_reached_after_s": null, "live_at_end": 50}
+        });
+        let (text, fault) = line(&report);
+        assert!(text.contains("all reached after never"), "{text}");
+        assert_eq!(fault.as_deref(), Some("not clean"));
+    }
+}
