@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 
     tracing::info!(config = ?config.masked(), "starting herald {}", env!("CARGO_PKG_VERSION"));
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");
@@ -45,5 +45,24 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "herald stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One thread: the current-thread runtime (no work-stealing machinery to pay for on a
+/// single core). More: the multi-thread runtime with that many workers.
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => usize::from(n),
+    };
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
 }
