@@ -48,21 +48,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// One thread: the current-thread runtime (no work-stealing machinery to pay for on a
-/// single core). More: the multi-thread runtime with that many workers.
+/// The multi-thread runtime, with `threads` workers or (0) one per usable CPU. On one
+/// pinned core the current-thread runtime was measured too and lost: fanout 5,000 x 200/s
+/// p99 124 ms (94.5-132, 3 runs) against 74 ms (73.4-90.9) here (docs/performance.md).
 fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => usize::from(n),
-    };
-    if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(usize::from(threads));
     }
+    builder.enable_all().build()
 }
