@@ -1,14 +1,75 @@
 //! A Redis payload becomes the one `message` frame every subscriber shares.
 //!
-//! Built once per publication; sessions clone the handle (a refcount bump), never the bytes.
+//! Built once per publication, down to the WebSocket framing: server frames are unmasked,
+//! so every subscriber gets the same bytes, and sessions clone the handle (a refcount
+//! bump) and hand it to the socket as is, never framing or copying per client.
 
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
-/// An encoded frame, shared by every session it is queued to. It is tungstenite's text
-/// type, which is reference-counted `Bytes` known to be UTF-8, so handing it to a socket
-/// neither copies nor re-validates.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+/// A complete WebSocket text frame (FIN set, unmasked), shared by every session it is
+/// queued to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// What is still to be written: the whole frame, or its tail after a partial write.
+    wire: Bytes,
+    header_len: u8,
+    started: bool,
+}
+
+impl Frame {
+    /// The bytes still to write to a client's socket.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// Drops the first `n` bytes, which a write took.
+    pub fn consume(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.wire, n);
+        self.started |= n > 0;
+    }
+
+    /// Part of the frame is on the wire: the rest must follow before any other frame.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// The frame's text (of a frame not yet started).
+    pub fn as_str(&self) -> &str {
+        debug_assert!(!self.started, "the text of a partly written frame");
+        std::str::from_utf8(&self.wire[usize::from(self.header_len)..])
+            .expect("a frame is built from a String")
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        const FIN_TEXT: u8 = 0x81;
+        let len = text.len();
+        let mut wire = Vec::with_capacity(len + 10);
+        wire.push(FIN_TEXT);
+        // RFC 6455 5.2: 7-bit length, or 126 + 16-bit, or 127 + 64-bit, big-endian.
+        match len {
+            0..=125 => wire.push(len as u8),
+            126..=0xffff => {
+                wire.push(126);
+                wire.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                wire.push(127);
+                wire.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        let header_len = wire.len() as u8;
+        wire.extend_from_slice(text.as_bytes());
+        Frame {
+            wire: wire.into(),
+            header_len,
+            started: false,
+        }
+    }
+}
 
 /// Encodes a publication on client channel `channel` (already valid by the channel rule,
 /// which needs no JSON escaping).
@@ -54,6 +115,26 @@ mod tests {
         let frame = message("n", "héllo \"world\"\n{".as_bytes());
         assert_eq!(decoded(&frame)["data"], json!("héllo \"world\"\n{"));
         assert_eq!(decoded(&message("n", b""))["data"], json!(""));
+    }
+
+    #[test]
+    fn the_wire_bytes_are_one_text_frame() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x10000, 0x10001] {
+            let text = "x".repeat(len);
+            let frame = Frame::from(text.clone());
+            let mut reader = std::io::Cursor::new(frame.wire());
+            let (header, payload_len) = FrameHeader::parse(&mut reader)
+                .expect("valid header")
+                .expect("complete header");
+            let at = reader.position() as usize;
+            assert!(header.is_final && header.mask.is_none(), "len {len}");
+            assert_eq!(header.opcode, OpCode::Data(Data::Text), "len {len}");
+            assert_eq!(payload_len, len as u64);
+            assert_eq!(&frame.wire()[at..], text.as_bytes(), "len {len}");
+            assert_eq!(frame.as_str(), text);
+        }
     }
 
     #[test]

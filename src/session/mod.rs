@@ -30,7 +30,7 @@ pub use requests::RateSettings;
 use requests::{Requests, Verdict};
 use subscriptions::Subscriptions;
 pub use subscriptions::{check as check_channels, Limits};
-use writer::{send_all, WriteError};
+use writer::{send_all, send_batch, WriteError};
 
 /// How long a client closed for silence gets to answer the close frame.
 const DEAD_CLIENT_GRACE: Duration = Duration::from_secs(1);
@@ -115,6 +115,7 @@ pub async fn run<S>(
     let session = format!("{:08x}-{id:x}", shared.instance);
     let heartbeat_secs = settings.heartbeat.as_secs_f64().ceil().max(1.0) as u64;
     let welcome = protocol::welcome(&session, heartbeat_secs, &requests.subs.names());
+    let mut batch = Batch::default();
     let end = match send_all(
         &mut ws,
         [Message::Text(welcome.into())],
@@ -122,14 +123,19 @@ pub async fn run<S>(
     )
     .await
     {
-        Ok(()) => serve(&mut ws, &inbox, &mut requests, &shared).await,
+        Ok(()) => serve(&mut ws, &inbox, &mut batch, &mut requests, &shared).await,
         Err(WriteError::Stuck) => End::SlowConsumer,
         Err(WriteError::Broken) => End::Gone,
     };
 
     // Stop the fan-out reaching this client before anything else.
-    let discarded = inbox.close();
+    let mut discarded = inbox.close();
     drop(requests);
+    // What a write cut short: the frame already on its way must be finished, the rest
+    // is dropped with the queue.
+    let started = batch.frames.front().is_some_and(|frame| frame.started());
+    let unfinished = started.then(|| batch.frames.pop_front()).flatten();
+    discarded += batch.frames.len();
     let code = match end {
         End::Gone => return,
         End::GoingAway => close::GOING_AWAY,
@@ -152,12 +158,13 @@ pub async fn run<S>(
         End::HeartbeatTimeout => settings.write_timeout.min(DEAD_CLIENT_GRACE),
         _ => settings.write_timeout,
     };
-    writer::close(&mut ws, code, grace).await;
+    writer::close(&mut ws, unfinished, code, grace).await;
 }
 
 async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     inbox: &Inbox,
+    batch: &mut Batch,
     requests: &mut Requests,
     shared: &Shared,
 ) -> End
@@ -165,7 +172,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &shared.settings;
-    let mut batch = Batch::default();
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -222,13 +228,12 @@ where
                 send_all(ws, [Message::Ping(Default::default())], settings.write_timeout).await
             }
             _ = inbox.ready() => {
-                inbox.drain(&mut batch);
+                inbox.drain(batch);
                 let lagged = batch
                     .missed
                     .drain(..)
                     .map(|(channel, missed)| Message::Text(protocol::lagged(&channel, missed).into()));
-                let messages = batch.frames.drain(..).map(Message::Text).chain(lagged);
-                send_all(ws, messages, settings.write_timeout).await
+                send_batch(ws, &mut batch.frames, lagged, settings.write_timeout).await
             }
         };
         match written {
