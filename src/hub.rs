@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 use tokio::sync::Notify;
 
 use crate::channel::Name;
-use crate::inbox::{Inbox, Push};
+use crate::inbox::Inbox;
 use crate::metrics::Metrics;
 use crate::payload;
 
@@ -92,20 +92,22 @@ impl Hub {
         }
     }
 
-    /// Queues one publication to every local subscriber of `channel`, encoding it once.
-    /// Never waits: a full inbox drops the frame for that client only.
-    pub fn publish(&self, channel: &str, data: &[u8]) -> Fanout {
+    /// Queues consecutive publications on `channel` to every local subscriber, encoding
+    /// each once and pushing them to each inbox in one go. Never waits: a full inbox drops
+    /// frames for that client only.
+    pub fn publish(&self, channel: &str, payloads: &[&[u8]]) -> Fanout {
         let mut outcome = Fanout::default();
         let Some(subscribers) = self.channels.get(channel) else {
             return outcome;
         };
-        let frame = payload::message(channel, data);
+        let frames: Vec<_> = payloads
+            .iter()
+            .map(|data| payload::message(channel, data))
+            .collect();
         for inbox in subscribers.values() {
-            match inbox.push(subscribers.key(), &frame) {
-                Push::Queued => outcome.queued += 1,
-                Push::Full => outcome.dropped += 1,
-                Push::Closed => {}
-            }
+            let pushed = inbox.push(subscribers.key(), &frames);
+            outcome.queued += pushed.queued;
+            outcome.dropped += pushed.dropped;
         }
         outcome
     }
@@ -197,13 +199,13 @@ mod tests {
         hub.subscribe("news", 2, &two);
         hub.subscribe("sport", 3, &other);
         assert_eq!(
-            hub.publish("news", b"1"),
+            hub.publish("news", &[b"1"]),
             Fanout {
                 queued: 2,
                 dropped: 0
             }
         );
-        assert_eq!(hub.publish("nobody", b"1"), Fanout::default());
+        assert_eq!(hub.publish("nobody", &[b"1"]), Fanout::default());
         let expected = vec![r#"{"op":"message","channel":"news","data":1}"#.to_string()];
         assert_eq!(drained(&one), expected);
         assert_eq!(drained(&two), expected);
@@ -216,14 +218,15 @@ mod tests {
         let (slow, fast) = (Arc::new(Inbox::new(1)), Arc::new(Inbox::new(8)));
         hub.subscribe("c", 1, &slow);
         hub.subscribe("c", 2, &fast);
-        hub.publish("c", b"1");
+        hub.publish("c", &[b"1"]);
         assert_eq!(
-            hub.publish("c", b"2"),
+            hub.publish("c", &[b"2", b"3"]),
             Fanout {
-                queued: 1,
-                dropped: 1
+                queued: 2,
+                dropped: 2
             }
         );
-        assert_eq!(drained(&fast).len(), 2);
+        assert_eq!(drained(&fast).len(), 3);
+        assert_eq!(drained(&slow).len(), 1);
     }
 }

@@ -1,8 +1,9 @@
 //! One client's bounded queue of outgoing publications.
 //!
-//! The fan-out pushes into it without ever waiting: when the queue is full the frame is
-//! dropped and counted against its channel, and the session later tells the client with
-//! `lagged`. The session drains it whole, so a burst costs one lock and one wake.
+//! The fan-out pushes into it without ever waiting: frames that do not fit are dropped and
+//! counted against their channel, and the session later tells the client with `lagged`.
+//! The fan-out pushes a run of publications at once and the session drains it whole, so
+//! a burst costs one lock and one wake on each side.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -12,14 +13,13 @@ use tokio::sync::Notify;
 use crate::channel::Name;
 use crate::payload::Frame;
 
-/// The outcome of offering a frame to a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
-    Queued,
-    /// The queue held `capacity` frames; this one was dropped and counted as missed.
-    Full,
-    /// The session is gone or going; nothing was queued.
-    Closed,
+/// The outcome of offering frames to a client. A closed inbox (the session is gone or
+/// going) queues and drops nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub queued: u64,
+    /// Frames beyond `capacity`, dropped and counted as missed.
+    pub dropped: u64,
 }
 
 /// What the session takes from the inbox in one go.
@@ -53,29 +53,34 @@ impl Inbox {
         }
     }
 
-    /// Offers a frame without blocking; called on the Redis read path.
-    pub fn push(&self, channel: &Name, frame: &Frame) -> Push {
+    /// Offers `frames` (one channel's, in order) without blocking; called on the Redis
+    /// read path.
+    pub fn push(&self, channel: &Name, frames: &[Frame]) -> Pushed {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.closed {
-            return Push::Closed;
-        }
-        if state.frames.len() >= self.capacity {
-            match state.missed.iter_mut().find(|(name, _)| name == channel) {
-                Some((_, count)) => *count += 1,
-                None => state.missed.push((channel.clone(), 1)),
-            }
-            // A full queue means a wake is already pending; no need for another.
-            return Push::Full;
+            return Pushed::default();
         }
         let was_empty = state.frames.is_empty();
-        state.frames.push_back(frame.clone());
+        let room = self.capacity.saturating_sub(state.frames.len());
+        let (fits, over) = frames.split_at(room.min(frames.len()));
+        state.frames.extend(fits.iter().cloned());
+        if !over.is_empty() {
+            let over = over.len() as u64;
+            match state.missed.iter_mut().find(|(name, _)| name == channel) {
+                Some((_, count)) => *count += over,
+                None => state.missed.push((channel.clone(), over)),
+            }
+        }
         drop(state);
         // Only the push that makes the queue non-empty wakes the session: it drains
-        // everything queued after it too.
-        if was_empty {
+        // everything queued after it too. (A full queue has a wake pending already.)
+        if was_empty && !fits.is_empty() {
             self.ready.notify_one();
         }
-        Push::Queued
+        Pushed {
+            queued: fits.len() as u64,
+            dropped: over.len() as u64,
+        }
     }
 
     /// Resolves when frames may be waiting. Cancel-safe: an unconsumed wake is kept.
@@ -103,25 +108,28 @@ impl Inbox {
 mod tests {
     use super::*;
 
-    fn frame(text: &str) -> Frame {
-        text.to_string().into()
+    fn frames(texts: &[&str]) -> Vec<Frame> {
+        texts.iter().map(|text| text.to_string().into()).collect()
+    }
+
+    fn pushed(queued: u64, dropped: u64) -> Pushed {
+        Pushed { queued, dropped }
     }
 
     #[test]
     fn full_queue_drops_and_counts_per_channel() {
-        let inbox = Inbox::new(2);
+        let inbox = Inbox::new(3);
         let (a, b): (Name, Name) = ("a".into(), "b".into());
-        assert_eq!(inbox.push(&a, &frame("1")), Push::Queued);
-        assert_eq!(inbox.push(&a, &frame("2")), Push::Queued);
-        assert_eq!(inbox.push(&a, &frame("3")), Push::Full);
-        assert_eq!(inbox.push(&b, &frame("4")), Push::Full);
-        assert_eq!(inbox.push(&a, &frame("5")), Push::Full);
+        assert_eq!(inbox.push(&a, &frames(&["1"])), pushed(1, 0));
+        assert_eq!(inbox.push(&a, &frames(&["2", "3", "4"])), pushed(2, 1));
+        assert_eq!(inbox.push(&b, &frames(&["5"])), pushed(0, 1));
+        assert_eq!(inbox.push(&a, &frames(&["6", "7"])), pushed(0, 2));
 
         let mut batch = Batch::default();
         inbox.drain(&mut batch);
         let texts: Vec<&str> = batch.frames.iter().map(|f| f.as_str()).collect();
-        assert_eq!(texts, ["1", "2"]);
-        assert_eq!(batch.missed, vec![(a.clone(), 2), (b, 1)]);
+        assert_eq!(texts, ["1", "2", "3"]);
+        assert_eq!(batch.missed, vec![(a.clone(), 3), (b, 1)]);
 
         batch = Batch::default();
         inbox.drain(&mut batch);
@@ -132,10 +140,9 @@ mod tests {
     fn closed_inbox_refuses_and_reports_discards() {
         let inbox = Inbox::new(8);
         let a: Name = "a".into();
-        inbox.push(&a, &frame("1"));
-        inbox.push(&a, &frame("2"));
+        inbox.push(&a, &frames(&["1", "2"]));
         assert_eq!(inbox.close(), 2);
-        assert_eq!(inbox.push(&a, &frame("3")), Push::Closed);
+        assert_eq!(inbox.push(&a, &frames(&["3"])), Pushed::default());
     }
 
     #[tokio::test]
@@ -145,7 +152,7 @@ mod tests {
             let inbox = inbox.clone();
             async move { inbox.ready().await }
         });
-        inbox.push(&"a".into(), &frame("1"));
+        inbox.push(&"a".into(), &frames(&["1"]));
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")
