@@ -160,6 +160,10 @@ pub struct Saturate {
     /// A step whose p99 latency exceeds this fails.
     #[arg(long, default_value = "100ms", value_parser = duration)]
     pub p99_limit: Duration,
+    /// After the first failed step, this many more steps bisect (geometrically) between
+    /// it and the last passed one; each halves the uncertainty of the answer.
+    #[arg(long, default_value_t = 0)]
+    pub refine: u32,
 }
 
 #[derive(Debug, Clone, Args)]

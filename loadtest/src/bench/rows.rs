@@ -67,8 +67,12 @@ pub fn phase_at(v: &Value, rate: f64) -> Option<&Value> {
         .find(|p| p["rate"].as_f64().is_some_and(|r| (r - rate).abs() < 1e-6))
 }
 
-/// saturate: the last step that passed (the one the sustained rate comes from).
+/// saturate: the step the sustained rate comes from (with `--refine`, not always the
+/// last one that passed).
 pub fn last_passed(v: &Value) -> Option<&Value> {
+    if let Some(index) = v.pointer("/result/sustained_phase").and_then(Value::as_u64) {
+        return v["phases"].get(usize::try_from(index).ok()?);
+    }
     let passed = v.pointer("/result/steps_passed")?.as_u64()?;
     v["phases"].get(usize::try_from(passed).ok()?.checked_sub(1)?)
 }
@@ -561,6 +565,19 @@ mod tests {
         );
         let none = json!({"phases": [{}], "result": {"steps_passed": 0}});
         assert!(last_passed(&none).is_none());
+        // Refined: pass, fail, then a bisection step passed between them.
+        let refined = json!({
+            "phases": [
+                {"latency_ms": {"p99_ms": 5.0}},
+                {"latency_ms": {"p99_ms": 150.0}},
+                {"latency_ms": {"p99_ms": 90.0}}
+            ],
+            "result": {"steps_passed": 2, "sustained_phase": 2}
+        });
+        assert_eq!(
+            last_passed(&refined).and_then(|p| at(p, "/latency_ms/p99_ms")),
+            Some(90.0)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `saturate`: N clients on one channel; the rate rises by a factor each step until a
-//! step's p99 exceeds the limit or a delivery is lost; the answer is the highest
+//! step's p99 exceeds the limit or a delivery is lost; `--refine` more steps then bisect
+//! between the last passed and the first failed rate. The answer is the highest
 //! deliveries/s of a step that passed.
 //!
 //! A step also ends the climb when the publisher could not keep its rate (then the
@@ -21,7 +22,11 @@ struct Verdict {
     /// Its publication rate.
     sustained_rate: f64,
     steps_passed: usize,
+    /// Index in the report's phases of the step the sustained rate comes from.
+    sustained_phase: Option<usize>,
     stopped_because: String,
+    /// The bisection's steps after the climb stopped: (publications/s, passed).
+    refined: Vec<(f64, bool)>,
 }
 
 pub async fn run(args: Saturate) -> Result<RunReport, String> {
@@ -46,40 +51,104 @@ pub async fn run(args: Saturate) -> Result<RunReport, String> {
         sustained_deliveries_per_s: 0.0,
         sustained_rate: 0.0,
         steps_passed: 0,
+        sustained_phase: None,
         stopped_because: format!("reached --max-steps {}", args.max_steps),
+        refined: Vec::new(),
     };
     let mut rate = args.start_rate;
+    // The first failed rate, when the failure is one a lower rate can bisect.
+    let mut failed_at = None;
     for step in 1..=args.max_steps {
-        let stream = Stream {
-            channels: vec![0],
-            rate,
-        };
-        let name = format!("step {step}: {rate:.0}/s");
-        let phase = measure(&mut run, name, vec![stream], args.step_duration).await?;
-        let failure = failure(&phase, limit_ms, rate, args.step_duration.as_secs_f64());
-        run.phases.push(phase);
+        let failure = step_at(&mut run, &args, rate, limit_ms).await?;
         if let Some(why) = failure {
             verdict.stopped_because = format!("step {step} ({rate:.0}/s): {why}");
+            failed_at = bisectable(&run, &why).then_some(rate);
             break;
         }
-        let phase = run.phases.last().expect("just pushed");
-        verdict.sustained_deliveries_per_s = phase.deliveries_per_s;
-        verdict.sustained_rate = rate;
-        verdict.steps_passed += 1;
+        verdict.passed(&run, rate);
         rate *= args.step_factor;
     }
-    let text = vec![
+    if let Some(mut high) = failed_at.filter(|_| verdict.steps_passed > 0) {
+        let mut low = verdict.sustained_rate;
+        for _ in 0..args.refine {
+            let rate = (low * high).sqrt();
+            let failure = step_at(&mut run, &args, rate, limit_ms).await?;
+            verdict.refined.push((rate, failure.is_none()));
+            match failure {
+                None => {
+                    verdict.passed(&run, rate);
+                    low = rate;
+                }
+                Some(why) if bisectable(&run, &why) => high = rate,
+                Some(why) => {
+                    verdict.stopped_because += &format!("; refining at {rate:.0}/s: {why}");
+                    break;
+                }
+            }
+        }
+    }
+    let mut text = vec![
         format!(
             "result       sustained {:.0} deliveries/s at {:.0} publications/s ({} steps passed)",
             verdict.sustained_deliveries_per_s, verdict.sustained_rate, verdict.steps_passed
         ),
         format!("             stopped: {}", verdict.stopped_because),
     ];
+    if !verdict.refined.is_empty() {
+        let steps: Vec<String> = verdict
+            .refined
+            .iter()
+            .map(|(rate, passed)| {
+                format!("{rate:.0}/s {}", if *passed { "passed" } else { "failed" })
+            })
+            .collect();
+        text.push(format!("             refined: {}", steps.join(", ")));
+    }
     // Loss at the breaking point is what the scenario looks for; loss at the first step
     // is a fault.
     let clean = verdict.steps_passed > 0;
     let value = serde_json::to_value(&verdict).map_err(|e| e.to_string())?;
     Ok(run.finish(clean, Some(value), text).await)
+}
+
+impl Verdict {
+    /// The step just measured at `rate` passed.
+    fn passed(&mut self, run: &Run, rate: f64) {
+        let index = run.phases.len() - 1;
+        // A bisection step may pass below a rate that passed before only by chance; the
+        // answer stays the highest.
+        if rate > self.sustained_rate {
+            self.sustained_deliveries_per_s = run.phases[index].deliveries_per_s;
+            self.sustained_rate = rate;
+            self.sustained_phase = Some(index);
+        }
+        self.steps_passed += 1;
+    }
+}
+
+/// Measures one step at `rate`; returns why it failed, if it did.
+async fn step_at(
+    run: &mut Run,
+    args: &Saturate,
+    rate: f64,
+    limit_ms: f64,
+) -> Result<Option<String>, String> {
+    let stream = Stream {
+        channels: vec![0],
+        rate,
+    };
+    let name = format!("step {}: {rate:.0}/s", run.phases.len() + 1);
+    let phase = measure(run, name, vec![stream], args.step_duration).await?;
+    let failure = failure(&phase, limit_ms, rate, args.step_duration.as_secs_f64());
+    run.phases.push(phase);
+    Ok(failure)
+}
+
+/// Whether a lower rate can be tried after this failure: not when connections were lost
+/// (later steps would measure fewer clients) or the publisher was the limit.
+fn bisectable(run: &Run, why: &str) -> bool {
+    let phase = run.phases.last().expect("a step was measured");
+    phase.ended.is_empty() && !why.starts_with("the publisher")
 }
 
 /// Why a step fails, if it does.
