@@ -164,6 +164,10 @@ pub struct Saturate {
     /// it and the last passed one; each halves the uncertainty of the answer.
     #[arg(long, default_value_t = 0)]
     pub refine: u32,
+    /// A step that failed on p99 alone (nothing lost) is measured again this many times
+    /// before the failure counts; the report lists every repeat.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Args)]

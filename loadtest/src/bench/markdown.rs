@@ -16,7 +16,12 @@ const MAX_WARNINGS: usize = 12;
 pub struct Links<'a> {
     pub svg: &'a str,
     pub raw: &'a str,
+    /// The page with the profiles behind targets not met, if there is one.
+    pub analysis: Option<&'a str>,
 }
+
+/// The file name of that page, looked for next to the benchmark page.
+pub const ANALYSIS: &str = "performance.md";
 
 pub fn page(raw: &Raw, links: &Links) -> String {
     let sections = sections();
@@ -36,7 +41,14 @@ pub fn page(raw: &Raw, links: &Links) -> String {
              not benchmark numbers, and no target is judged.\n"
         );
     }
-    targets(&mut out, raw, &sections);
+    let missed = targets(&mut out, raw, &sections);
+    if let (true, Some(analysis)) = (missed, links.analysis) {
+        let _ = writeln!(
+            out,
+            "Where Herald misses a target, [{analysis}]({analysis}) has the profile and \
+             what holds it back.\n"
+        );
+    }
     let _ = writeln!(
         out,
         "![Delivery latency percentiles per scenario, and server memory per idle connection, \
@@ -63,8 +75,9 @@ pub fn page(raw: &Raw, links: &Links) -> String {
     out
 }
 
-/// The issue's targets, one line each, met or not.
-fn targets(out: &mut String, raw: &Raw, sections: &[Section]) {
+/// The issue's targets, one line each, met or not; true if one was judged not met.
+fn targets(out: &mut String, raw: &Raw, sections: &[Section]) -> bool {
+    let mut missed = false;
     let _ = writeln!(out, "## Targets\n");
     let _ = writeln!(
         out,
@@ -79,6 +92,8 @@ fn targets(out: &mut String, raw: &Raw, sections: &[Section]) {
             let target = row.target.expect("filtered");
             let herald = value(raw, "herald", section, row);
             let nchan = value(raw, "nchan", section, row);
+            let verdict = verdict(raw, section, row, herald);
+            missed |= verdict == NOT_MET;
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -87,12 +102,15 @@ fn targets(out: &mut String, raw: &Raw, sections: &[Section]) {
                 target.text,
                 cell(raw, "herald", section, row, herald),
                 cell(raw, "nchan", section, row, nchan),
-                verdict(raw, section, row, herald),
+                verdict,
             );
         }
     }
     out.push('\n');
+    missed
 }
+
+const NOT_MET: &str = "**no**";
 
 fn scenario(out: &mut String, raw: &Raw, section: &Section) {
     let _ = writeln!(out, "### {}\n", section.scenario);
@@ -196,7 +214,7 @@ fn verdict(raw: &Raw, section: &Section, row: &Row, herald: Option<Spread>) -> S
     if (target.met)(herald.value) {
         "yes".into()
     } else {
-        "**no**".into()
+        NOT_MET.into()
     }
 }
 
@@ -318,8 +336,11 @@ const METHOD: &str = "\
   dropped connection is *not clean*.
 - **Medians** are per metric over the runs that measured; losses and recovery times show
   the worst run. Targets are judged on Herald's value and only at the issue's parameters.
-- **Saturate's steps** rise by a fixed factor: the highest rate the server sustains lies
-  between the last step that passed and the next one.
+- **Saturate's steps** rise by a fixed factor until one fails; `--refine` steps then
+  bisect between the last passed and the first failed rate, so the highest rate the server
+  sustains lies between the answer and the next refined rate above it. With `--retries`, a
+  step that failed on p99 alone (nothing lost) is measured again before the failure
+  counts, for Herald and Nchan alike; every repeat is in the raw report (`repeated`).
 - **The generator shares the machine.** Each report records the generator's CPU and the
   whole machine's busy cores; herald-loadtest warns when a generator process neared a full
   core or the machine's cores were busy (then the numbers describe the machine as much as
@@ -357,6 +378,7 @@ mod tests {
             &Links {
                 svg: "b.svg",
                 raw: "b/raw/",
+                analysis: Some("analysis.md"),
             },
         );
         let line = page
@@ -375,5 +397,27 @@ mod tests {
         assert!(page.contains("The issue asks for 20,000 connections"));
         assert!(!page.contains("### fanout"));
         assert!(page.contains("- **Date (UTC)**: today"));
+        assert!(!page.contains("analysis.md"), "every judged target met");
+    }
+
+    #[test]
+    fn a_missed_target_points_to_the_analysis() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-miss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = json!({"clients": 19900, "clean": true, "warnings": [],
+            "connect": {"connected": 19900},
+            "result": {"kib_per_connection": 5.0, "held_s": 10.0, "live_at_end": 19900}});
+        write(&dir, "herald-idle-1.json", &report);
+        let raw = Raw::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let links = |analysis| Links {
+            svg: "b.svg",
+            raw: "b/raw/",
+            analysis,
+        };
+        let page_with = page(&raw, &links(Some("analysis.md")));
+        assert!(page_with.contains("| **no** |"));
+        assert!(page_with.contains("[analysis.md](analysis.md) has the profile"));
+        assert!(!page(&raw, &links(None)).contains("analysis.md"));
     }
 }

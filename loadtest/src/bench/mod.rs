@@ -71,11 +71,17 @@ fn write_table(args: &Table) -> Result<(), String> {
     if !raw_link.ends_with('/') {
         raw_link.push('/');
     }
+    // The hand-written analysis of missed targets, when the page sits next to it.
+    let analysis = page_dir
+        .join(markdown::ANALYSIS)
+        .exists()
+        .then_some(markdown::ANALYSIS);
     let page = markdown::page(
         &raw,
         &markdown::Links {
             svg: &svg,
             raw: &raw_link,
+            analysis,
         },
     );
     let write = |path: &Path, text: String| {
