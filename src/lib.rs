@@ -12,7 +12,7 @@
 //! - `config`     every flag with its `HERALD_*` variable, default and unit
 //! - `app`        wiring and the shutdown sequence
 //! - `http`       the listener: /ws /healthz /readyz /metrics, refusals before the upgrade
-//! - `session`    one task per connection: requests, batched writes under a deadline, heartbeat
+//! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
 //! - `inbox`      a client's bounded outgoing queue; full means drop, count, `lagged`
 //! - `hub`        channel -> subscribers; the record of what Redis should carry
 //! - `redis`      the subscriber connection: reconnect, resubscribe, reconcile, probe
@@ -23,7 +23,7 @@
 //! - `readiness`  what `/readyz` answers
 //! - `protocol`   wire frames and close codes
 //! - `channel`    the channel-name rule and the prefix mapping
-//! - `payload`    a Redis payload -> the one shared `message` frame
+//! - `payload`    a Redis payload -> the one shared `message` WebSocket frame
 //! - `backoff`    capped exponential backoff with full jitter
 //! - `metrics`    every `herald_*` family on a handed-in registry
 
