@@ -95,13 +95,17 @@ impl Hub {
     /// Queues consecutive publications on `channel` to every local subscriber, encoding
     /// each once and pushing them to each inbox in one go. Never waits: a full inbox drops
     /// frames for that client only.
-    pub fn publish(&self, channel: &str, payloads: &[&[u8]]) -> Fanout {
+    pub fn publish<'a>(
+        &self,
+        channel: &str,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Fanout {
         let mut outcome = Fanout::default();
         let Some(subscribers) = self.channels.get(channel) else {
             return outcome;
         };
         let frames: Vec<_> = payloads
-            .iter()
+            .into_iter()
             .map(|data| payload::message(channel, data))
             .collect();
         for inbox in subscribers.values() {
@@ -199,13 +203,13 @@ mod tests {
         hub.subscribe("news", 2, &two);
         hub.subscribe("sport", 3, &other);
         assert_eq!(
-            hub.publish("news", &[b"1"]),
+            hub.publish("news", [&b"1"[..]]),
             Fanout {
                 queued: 2,
                 dropped: 0
             }
         );
-        assert_eq!(hub.publish("nobody", &[b"1"]), Fanout::default());
+        assert_eq!(hub.publish("nobody", [&b"1"[..]]), Fanout::default());
         let expected = vec![r#"{"op":"message","channel":"news","data":1}"#.to_string()];
         assert_eq!(drained(&one), expected);
         assert_eq!(drained(&two), expected);
@@ -218,9 +222,9 @@ mod tests {
         let (slow, fast) = (Arc::new(Inbox::new(1)), Arc::new(Inbox::new(8)));
         hub.subscribe("c", 1, &slow);
         hub.subscribe("c", 2, &fast);
-        hub.publish("c", &[b"1"]);
+        hub.publish("c", [&b"1"[..]]);
         assert_eq!(
-            hub.publish("c", &[b"2", b"3"]),
+            hub.publish("c", [&b"2"[..], b"3"]),
             Fanout {
                 queued: 2,
                 dropped: 2

@@ -207,8 +207,8 @@ impl Subscriber {
                 else {
                     continue;
                 };
-                let payloads: Vec<&[u8]> = run.iter().map(|msg| msg.get_payload_bytes()).collect();
-                let fanout = self.hub.publish(channel, &payloads);
+                let payloads = run.iter().map(|msg| msg.get_payload_bytes());
+                let fanout = self.hub.publish(channel, payloads);
                 self.metrics.deliveries_total.inc_by(fanout.queued);
                 self.metrics.dropped_queue_full.inc_by(fanout.dropped);
                 let took = received.elapsed().as_secs_f64();
