@@ -65,21 +65,9 @@ pub async fn connect(
             conn.send(wire::PONG, &pong).await.map_err(ConnError::Io)?;
         }
     }
-    let list = channels
-        .iter()
-        .map(|&channel| Subscription {
-            channel,
-            next: 1,
-            seen_epoch: 0,
-        })
-        .collect();
     Ok(Client {
         conn,
-        subs: Subscriptions {
-            list,
-            epoch: 0,
-            unseen: 0,
-        },
+        subs: Subscriptions::new(channels),
     })
 }
 
@@ -151,6 +139,23 @@ impl Client {
 }
 
 impl Subscriptions {
+    /// Nothing seen yet on `channels`; each expects sequence 1 first.
+    fn new(channels: &[u32]) -> Subscriptions {
+        let list = channels
+            .iter()
+            .map(|&channel| Subscription {
+                channel,
+                next: 1,
+                seen_epoch: 0,
+            })
+            .collect();
+        Subscriptions {
+            list,
+            epoch: 0,
+            unseen: 0,
+        }
+    }
+
     fn delivered(&mut self, stamp: Stamp, now: u64, state: &mut State) {
         if stamp.t < state.not_before_ns {
             state.tally.stale += 1;
@@ -189,22 +194,6 @@ mod tests {
     use std::rc::Rc;
     use tokio::sync::Notify;
 
-    fn subs(channels: &[u32]) -> Subscriptions {
-        let list = channels
-            .iter()
-            .map(|&channel| Subscription {
-                channel,
-                next: 1,
-                seen_epoch: 0,
-            })
-            .collect();
-        Subscriptions {
-            list,
-            epoch: 0,
-            unseen: 0,
-        }
-    }
-
     fn stamp(c: u32, s: u64) -> Stamp {
         Stamp { t: 0, s, c }
     }
@@ -212,7 +201,7 @@ mod tests {
     #[test]
     fn gaps_and_duplicates() {
         let mut state = State::new(Rc::new(Notify::new()), 0);
-        let mut client = subs(&[0]);
+        let mut client = Subscriptions::new(&[0]);
         for s in [1, 2, 5, 5, 3, 6] {
             client.delivered(stamp(0, s), 1_000, &mut state);
         }
@@ -226,7 +215,7 @@ mod tests {
     #[test]
     fn stamps_from_before_the_run_are_stale() {
         let mut state = State::new(Rc::new(Notify::new()), 100);
-        let mut client = subs(&[0]);
+        let mut client = Subscriptions::new(&[0]);
         client.delivered(Stamp { t: 99, s: 7, c: 0 }, 1_000, &mut state);
         client.delivered(Stamp { t: 100, s: 1, c: 0 }, 1_000, &mut state);
         assert_eq!(
@@ -240,7 +229,7 @@ mod tests {
         let mut state = State::new(Rc::new(Notify::new()), 0);
         state.live = 2;
         state.mark();
-        let (mut a, mut b) = (subs(&[0, 1]), subs(&[1]));
+        let (mut a, mut b) = (Subscriptions::new(&[0, 1]), Subscriptions::new(&[1]));
         a.delivered(stamp(0, 1), 0, &mut state);
         assert_eq!(state.reached, 0);
         a.delivered(stamp(0, 2), 0, &mut state);

@@ -29,32 +29,30 @@ async fn refused(client: &mut Client, text: &str, code: &str, id: Value) {
 async fn malformed_requests_get_bad_request() {
     let (_redis, gw) = start(&[]).await;
     let mut client = Client::connect(&gw.ws_url("")).await;
-    let null = Value::Null;
-    refused(&mut client, "not json", "bad_request", null.clone()).await;
-    refused(&mut client, "[1,2]", "bad_request", null.clone()).await;
-    refused(&mut client, "\"subscribe\"", "bad_request", null.clone()).await;
-    refused(
-        &mut client,
-        r#"{"op":"dance","id":1}"#,
-        "bad_request",
-        json!(1),
-    )
-    .await;
-    refused(&mut client, r#"{"id":2}"#, "bad_request", json!(2)).await;
-    refused(&mut client, r#"{"op":7,"id":3}"#, "bad_request", json!(3)).await;
-    refused(
-        &mut client,
-        r#"{"op":"subscribe","id":4}"#,
-        "bad_request",
-        json!(4),
-    )
-    .await;
-    let text = r#"{"op":"subscribe","id":"s5","channels":"news"}"#;
-    refused(&mut client, text, "bad_request", json!("s5")).await;
-    let text = r#"{"op":"subscribe","id":6,"channels":["news",7]}"#;
-    refused(&mut client, text, "bad_request", json!(6)).await;
-    let text = r#"{"op":"unsubscribe","id":7,"channels":{"news":true}}"#;
-    refused(&mut client, text, "bad_request", json!(7)).await;
+    let cases = [
+        ("not json", Value::Null),
+        ("[1,2]", Value::Null),
+        ("\"subscribe\"", Value::Null),
+        (r#"{"op":"dance","id":1}"#, json!(1)),
+        (r#"{"id":2}"#, json!(2)),
+        (r#"{"op":7,"id":3}"#, json!(3)),
+        (r#"{"op":"subscribe","id":4}"#, json!(4)),
+        (
+            r#"{"op":"subscribe","id":"s5","channels":"news"}"#,
+            json!("s5"),
+        ),
+        (
+            r#"{"op":"subscribe","id":6,"channels":["news",7]}"#,
+            json!(6),
+        ),
+        (
+            r#"{"op":"unsubscribe","id":7,"channels":{"news":true}}"#,
+            json!(7),
+        ),
+    ];
+    for (text, id) in cases {
+        refused(&mut client, text, "bad_request", id).await;
+    }
 
     client
         .send(Message::Binary(br#"{"op":"ping"}"#.to_vec().into()))

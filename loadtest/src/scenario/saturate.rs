@@ -68,9 +68,9 @@ pub async fn run(args: Saturate) -> Result<RunReport, String> {
     let mut failed_at = None;
     for _ in 0..args.max_steps {
         let failure = trial(&mut run, &args, rate, limit_ms, &mut verdict).await?;
-        if let Some(why) = failure {
-            verdict.stopped_because = format!("at {rate:.0}/s: {why}");
-            failed_at = bisectable(&run, &why).then_some(rate);
+        if let Some(failure) = failure {
+            verdict.stopped_because = format!("at {rate:.0}/s: {}", failure.why);
+            failed_at = failure.bisectable().then_some(rate);
             break;
         }
         verdict.passed(&run, rate);
@@ -87,8 +87,9 @@ pub async fn run(args: Saturate) -> Result<RunReport, String> {
                     verdict.passed(&run, rate);
                     low = rate;
                 }
-                Some(why) if bisectable(&run, &why) => high = rate,
-                Some(why) => {
+                Some(failure) if failure.bisectable() => high = rate,
+                Some(failure) => {
+                    let why = failure.why;
                     verdict.stopped_because += &format!("; refining at {rate:.0}/s: {why}");
                     break;
                 }
@@ -102,31 +103,24 @@ pub async fn run(args: Saturate) -> Result<RunReport, String> {
         ),
         format!("             stopped: {}", verdict.stopped_because),
     ];
-    if !verdict.refined.is_empty() {
-        let steps: Vec<String> = verdict
-            .refined
+    for (label, steps, failed) in [
+        ("refined", &verdict.refined, "failed"),
+        (
+            "repeated after a p99 failure",
+            &verdict.repeated,
+            "failed again",
+        ),
+    ] {
+        if steps.is_empty() {
+            continue;
+        }
+        let steps: Vec<String> = steps
             .iter()
             .map(|(rate, passed)| {
-                format!("{rate:.0}/s {}", if *passed { "passed" } else { "failed" })
+                format!("{rate:.0}/s {}", if *passed { "passed" } else { failed })
             })
             .collect();
-        text.push(format!("             refined: {}", steps.join(", ")));
-    }
-    if !verdict.repeated.is_empty() {
-        let steps: Vec<String> = verdict
-            .repeated
-            .iter()
-            .map(|(rate, passed)| {
-                format!(
-                    "{rate:.0}/s {}",
-                    if *passed { "passed" } else { "failed again" }
-                )
-            })
-            .collect();
-        text.push(format!(
-            "             repeated after a p99 failure: {}",
-            steps.join(", ")
-        ));
+        text.push(format!("             {label}: {}", steps.join(", ")));
     }
     // Loss at the breaking point is what the scenario looks for; loss at the first step
     // is a fault.
@@ -158,17 +152,16 @@ async fn trial(
     rate: f64,
     limit_ms: f64,
     verdict: &mut Verdict,
-) -> Result<Option<String>, String> {
+) -> Result<Option<Failure>, String> {
     let mut failure = step_at(run, args, rate, limit_ms).await?;
     for _ in 0..args.retries {
-        match &failure {
-            Some(Failure { latency: true, .. }) => {}
-            _ => break,
+        if !failure.as_ref().is_some_and(|f| f.cause == Cause::Latency) {
+            break;
         }
         failure = step_at(run, args, rate, limit_ms).await?;
         verdict.repeated.push((rate, failure.is_none()));
     }
-    Ok(failure.map(|f| f.why))
+    Ok(failure)
 }
 
 /// Measures one step at `rate`; returns why it failed, if it did.
@@ -189,54 +182,59 @@ async fn step_at(
     Ok(failure)
 }
 
-/// Whether a lower rate can be tried after this failure: not when connections were lost
-/// (later steps would measure fewer clients) or the publisher was the limit.
-fn bisectable(run: &Run, why: &str) -> bool {
-    let phase = run.phases.last().expect("a step was measured");
-    phase.ended.is_empty() && !why.starts_with("the publisher")
-}
-
 /// Why a step failed.
 struct Failure {
     why: String,
+    cause: Cause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Connections ended: later steps would measure fewer clients.
+    Ended,
+    Loss,
+    Duplicated,
+    /// The publisher, not the server, was the limit.
+    Publisher,
     /// Only the p99 was over the limit: nothing was lost.
-    latency: bool,
+    Latency,
+}
+
+impl Failure {
+    /// Whether a lower rate can be tried after this failure.
+    fn bisectable(&self) -> bool {
+        !matches!(self.cause, Cause::Ended | Cause::Publisher)
+    }
 }
 
 /// Why a step fails, if it does.
 fn failure(phase: &Phase, limit_ms: f64, rate: f64, seconds: f64) -> Option<Failure> {
-    let why = other_failure(phase, rate, seconds);
-    if why.is_some() {
-        return why.map(|why| Failure {
-            why,
-            latency: false,
-        });
-    }
-    (phase.latency_ms.p99_ms > limit_ms).then(|| Failure {
-        why: format!("p99 {:.1} ms > {limit_ms:.0} ms", phase.latency_ms.p99_ms),
-        latency: true,
-    })
-}
-
-/// A failure other than latency: loss, ended connections, a publisher that fell behind.
-fn other_failure(phase: &Phase, rate: f64, seconds: f64) -> Option<String> {
-    if phase.lost > 0 || phase.lagged > 0 {
-        return Some(format!(
-            "lost {} deliveries (lagged {})",
-            phase.lost, phase.lagged
-        ));
-    }
-    if !phase.ended.is_empty() {
-        return Some(format!("connections ended: {:?}", phase.ended));
-    }
-    if phase.duplicates > 0 || phase.foreign > 0 {
-        return Some(format!(
-            "{} duplicated, {} misrouted",
-            phase.duplicates, phase.foreign
-        ));
-    }
-    if (phase.published.sent as f64) < 0.95 * rate * seconds {
-        return Some("the publisher could not keep the rate".into());
-    }
-    None
+    let (cause, why) = if !phase.ended.is_empty() {
+        (
+            Cause::Ended,
+            format!("connections ended: {:?}", phase.ended),
+        )
+    } else if phase.lost > 0 || phase.lagged > 0 {
+        let (lost, lagged) = (phase.lost, phase.lagged);
+        (
+            Cause::Loss,
+            format!("lost {lost} deliveries (lagged {lagged})"),
+        )
+    } else if phase.duplicates > 0 || phase.foreign > 0 {
+        let (duplicated, foreign) = (phase.duplicates, phase.foreign);
+        let why = format!("{duplicated} duplicated, {foreign} misrouted");
+        (Cause::Duplicated, why)
+    } else if (phase.published.sent as f64) < 0.95 * rate * seconds {
+        let why = "the publisher could not keep the rate".to_owned();
+        (Cause::Publisher, why)
+    } else if phase.latency_ms.p99_ms > limit_ms {
+        let p99 = phase.latency_ms.p99_ms;
+        (
+            Cause::Latency,
+            format!("p99 {p99:.1} ms > {limit_ms:.0} ms"),
+        )
+    } else {
+        return None;
+    };
+    Some(Failure { why, cause })
 }
