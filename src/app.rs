@@ -45,6 +45,7 @@ pub enum AppError {
     Signal(std::io::Error),
     Auth(KeyError),
     KeyFile(&'static str, std::io::Error),
+    Thread(std::io::Error),
 }
 
 impl std::fmt::Display for AppError {
@@ -56,6 +57,7 @@ impl std::fmt::Display for AppError {
             AppError::Signal(e) => write!(f, "cannot install signal handlers: {e}"),
             AppError::Auth(e) => write!(f, "{e}"),
             AppError::KeyFile(var, e) => write!(f, "cannot read the file named by {var}: {e}"),
+            AppError::Thread(e) => write!(f, "cannot start the redis subscriber thread: {e}"),
         }
     }
 }
@@ -133,7 +135,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let listener = listen(config.listen).map_err(AppError::Bind)?;
     let addr = listener.local_addr().map_err(AppError::Bind)?;
-    let redis_task = tokio::spawn(subscriber.run(stop_redis.clone()));
+    let redis_stopped = subscriber
+        .spawn(stop_redis.clone())
+        .map_err(AppError::Thread)?;
     let http_task = tokio::spawn(http::serve(listener, front, stop_accepting.clone()));
     info!(%addr, "listening");
 
@@ -158,7 +162,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     stop_accepting.cancel();
     stop_redis.cancel();
     let _ = http_task.await;
-    let _ = redis_task.await;
+    let _ = redis_stopped.await;
     info!("stopped");
     Ok(())
 }

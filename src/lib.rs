@@ -1,7 +1,7 @@
 //! Herald: a WebSocket fan-out gateway for Redis pub/sub.
 //!
 //! ```text
-//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ (one task)
+//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ (own thread)
 //!                                                               │ hub.publish: encode once,
 //!                                                               ▼ push without waiting
 //!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> inboxes)
@@ -15,7 +15,7 @@
 //! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
 //! - `inbox`      a client's bounded outgoing queue; full means drop, count, `lagged`
 //! - `hub`        channel -> subscribers; the record of what Redis should carry
-//! - `redis`      the subscriber connection: reconnect, resubscribe, reconcile, probe
+//! - `redis`      the subscriber connection (own thread): reconnect, resubscribe, reconcile, probe
 //! - `gate`       the connection limits, per instance and per client IP
 //! - `fd_limit`   the connection limit the open-files limit really allows
 //! - `auth`       JWT verification and channel grants

@@ -1,4 +1,4 @@
-//! The one task that owns the Redis subscriber connection, for every channel.
+//! The one connection to Redis that carries every channel, and its own thread.
 //!
 //! ```text
 //! loop:
@@ -9,6 +9,9 @@
 //!     control: hub changed -> reconcile; every interval PING must answer
 //!   any end of either = connection lost ───────────────────┘
 //! ```
+//!
+//! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
+//! from outside the runtime that runs them; see `spawn` for why that matters.
 //!
 //! redis-rs's PubSub stream simply ends when the connection dies; here that end, a refused
 //! batch or an unanswered probe all mean "reconnect", never a clean exit. The probe catches
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::PubSubStream;
+use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -122,8 +126,32 @@ impl Subscriber {
         })
     }
 
+    /// Runs the subscriber on a thread of its own with a single-threaded runtime, until
+    /// `shutdown`; the receiver resolves when it has stopped.
+    ///
+    /// Why not a task beside the sessions: tokio queues a task woken from one of its own
+    /// workers on that worker's local queue, which it serves ahead of its shared queue. A
+    /// publication woken from a worker therefore let the few hundred sessions that fit the
+    /// local queue (256) cycle ahead of the thousands that overflowed, which waited several
+    /// rounds. Woken from this thread, every session goes through the shared queue, first
+    /// in first out, so each waits at most one round. Measured interleaved, fanout 5,000
+    /// clients x 200/s, p99: 391 / 331 / 314 ms before, 115 / 125 / 100 ms after.
+    pub fn spawn(self, shutdown: CancellationToken) -> std::io::Result<oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stopped, on_stop) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("herald-redis".into())
+            .spawn(move || {
+                runtime.block_on(self.run(shutdown));
+                let _ = stopped.send(());
+            })?;
+        Ok(on_stop)
+    }
+
     /// Runs until `shutdown`; a lost connection always leads to a reconnect.
-    pub async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
         let mut outage = Outage::default();
         loop {
