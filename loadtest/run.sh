@@ -74,6 +74,9 @@ if ((${#missing[@]})); then
 fi
 
 # --- Build ----------------------------------------------------------------------------
+# Taken before the runs: the runs rewrite the tracked reports, which would make any later
+# look at the tree say "dirty".
+herald_version="$(git describe --always --dirty --tags 2>/dev/null || echo unknown) (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 log "building Herald and herald-loadtest (release)"
 cargo build --release --quiet -p herald -p herald-loadtest
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -242,7 +245,7 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
   echo "Open files (hard limit): $(ulimit -Hn) per process"
   echo "Load average before the run: $load_before"
   echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
-  echo "Herald: $(git describe --always --dirty --tags 2>/dev/null || echo unknown) (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+  echo "Herald: $herald_version"
   echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`"
   echo "Rust: $(rustc --version)"
   echo "herald-loadtest: $("$bin/herald-loadtest" --version)"
