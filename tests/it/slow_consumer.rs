@@ -1,5 +1,6 @@
 //! A client that stops reading is closed with 1008 "slow consumer"; the others get every
-//! publication in order meanwhile, and the gateway's memory stays bounded.
+//! publication in order meanwhile, and the gateway's memory stays bounded. A client that
+//! stops only for a while is told with `lagged` how many publications it missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,6 +77,86 @@ async fn slow_consumer_is_closed_and_others_are_unaffected() {
         "gateway RSS reached {} MB",
         max_rss / (1024 * 1024)
     );
+}
+
+/// More than the loopback socket buffers (several MB each way) and the queue hold.
+const BURST: u64 = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_is_told_what_it_missed() {
+    let (redis, gw) = start(&["--write-timeout", "60s", "--queue-capacity", "8"]).await;
+    let mut client = Client::connect(&gw.ws_url("channels=burst")).await;
+    wait_channels(&redis, &["burst"], secs(5)).await;
+
+    // The client reads nothing while the whole burst goes out.
+    let mut conn = redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("publisher connection");
+    let pad = "x".repeat(PAYLOAD_BYTES);
+    for seq in 0..BURST {
+        publish_json(&mut conn, json!({"seq": seq, "pad": pad})).await;
+    }
+    // Every publication has reached the client's queue or been dropped from it.
+    let dropped = eventually(
+        "the burst read from Redis, some of it dropped for the client",
+        secs(30),
+        async || {
+            let m = gw.metrics().await;
+            let queued = m.value("herald_deliveries_total", &[]);
+            let dropped = m.value("herald_dropped_total", &[("reason", "queue_full")]);
+            if queued + dropped >= BURST as f64 && dropped > 0.0 {
+                Ok(dropped as u64)
+            } else {
+                Err(format!("queued {queued}, dropped {dropped}"))
+            }
+        },
+    )
+    .await;
+
+    // Reading again: what was queued, in order, then `lagged`; after it the queue is
+    // empty, so an end marker published now must arrive.
+    let (mut received, mut missed, mut last) = (0u64, 0u64, None);
+    let mut ended = false;
+    while !ended {
+        let frame = client.recv_json(secs(10)).await;
+        match frame["op"].as_str() {
+            Some("message") if frame["data"]["end"] == true => ended = true,
+            Some("message") => {
+                let seq = frame["data"]["seq"].as_u64().expect("seq");
+                assert!(
+                    last < Some(seq),
+                    "{seq} after {last:?}: out of order or twice"
+                );
+                last = Some(seq);
+                received += 1;
+            }
+            Some("lagged") => {
+                assert_eq!(frame["channel"], "burst", "{frame}");
+                missed += frame["missed"].as_u64().expect("missed count");
+                publish_json(&mut conn, json!({"end": true})).await;
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert!(missed > 0, "nothing reported missed");
+    assert_eq!(
+        received + missed,
+        BURST,
+        "every publication is delivered or counted as missed"
+    );
+    assert_eq!(missed, dropped, "lagged and the metric agree");
+    client.ping(1).await;
+}
+
+async fn publish_json(conn: &mut redis::aio::MultiplexedConnection, payload: serde_json::Value) {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("burst")
+        .arg(payload.to_string())
+        .query_async(conn)
+        .await
+        .expect("PUBLISH");
 }
 
 /// Publishes `{"seq":n,"pad":...}` every tick until `stop`, then `{"end":n}`; returns n.
