@@ -130,9 +130,9 @@ impl Subscriber {
     /// `shutdown`; the receiver resolves when it has stopped.
     ///
     /// Why not a task beside the sessions: tokio queues a task woken from one of its own
-    /// workers on that worker's local queue, which it serves ahead of its shared queue. A
-    /// publication woken from a worker therefore let the few hundred sessions that fit the
-    /// local queue (256) cycle ahead of the thousands that overflowed, which waited several
+    /// workers on that worker's local queue, which it serves ahead of its shared queue. When
+    /// a worker delivered publications, the few hundred sessions each one woke that fit the
+    /// local queue (256) cycled ahead of the thousands that overflowed, which waited several
     /// rounds. Woken from this thread, every session goes through the shared queue, first
     /// in first out, so each waits at most one round. Measured interleaved, fanout 5,000
     /// clients x 200/s, p99: 391 / 331 / 314 ms before, 115 / 125 / 100 ms after.
