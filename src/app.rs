@@ -65,7 +65,7 @@ impl std::fmt::Display for AppError {
 pub async fn run(config: Config) -> Result<(), AppError> {
     let metrics = Metrics::new(Registry::new()).map_err(AppError::Metrics)?;
     let readiness = Arc::new(Readiness::default());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(metrics.clone(), config.queue_capacity as usize));
     let drain = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let stop_redis = CancellationToken::new();
@@ -93,7 +93,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             held: config.max_subscriptions as usize,
             per_request: config.max_channels_per_request as usize,
         },
-        queue_capacity: config.queue_capacity as usize,
         write_timeout: config.write_timeout,
         drain_period: config.drain_period,
         rate: session::RateSettings {

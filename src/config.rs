@@ -59,8 +59,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Publications one client may have queued before further ones are dropped for it
-    /// (and reported to it as `lagged`), in frames.
+    /// How far a client may fall behind on one channel, in publications: a channel keeps
+    /// its last this many frames, and a client further behind loses the oldest (and is
+    /// told with `lagged`).
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,

@@ -1,4 +1,4 @@
-//! The in-process broadcast map: channel -> the inboxes of its local subscribers.
+//! The in-process broadcast map: channel -> its tape, which its local subscribers read.
 //!
 //! The hub is the record of what should be subscribed on Redis. It knows nothing of Redis
 //! or sockets: a channel gaining its first or losing its last subscriber is marked dirty,
@@ -10,27 +10,22 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use indexmap::IndexMap;
 use tokio::sync::Notify;
 
 use crate::channel::Name;
 use crate::inbox::Inbox;
 use crate::metrics::Metrics;
 use crate::payload;
+use crate::tape::{Cursor, Tape};
 
 /// Identifies a session inside the hub.
 pub type SessionId = u64;
 
-/// What one publication cost, for the caller's metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
-    pub queued: u64,
-    pub dropped: u64,
-}
-
 pub struct Hub {
-    /// Invariant: an entry exists exactly while it has at least one subscriber.
-    channels: DashMap<Name, IndexMap<SessionId, Arc<Inbox>>>,
+    /// Invariant: an entry exists exactly while its tape has at least one subscriber.
+    channels: DashMap<Name, Arc<Tape>>,
+    /// Frames each tape keeps.
+    capacity: usize,
     /// Channels whose first subscriber came or last one left since the reconciler looked.
     /// Bounded by the number of distinct channels, unlike a queue of events.
     dirty: Mutex<HashSet<Name>>,
@@ -39,81 +34,74 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(metrics: Metrics) -> Self {
+    /// `capacity`: frames each channel keeps for subscribers that are behind.
+    pub fn new(metrics: Metrics, capacity: usize) -> Self {
         Hub {
             channels: DashMap::new(),
+            capacity,
             dirty: Mutex::default(),
             changed: Notify::new(),
             metrics,
         }
     }
 
-    /// Adds a session to a (valid) channel; returns the shared name and whether the session
-    /// was not there already.
-    pub fn subscribe(&self, name: &str, session: SessionId, inbox: &Arc<Inbox>) -> (Name, bool) {
-        // Fast path: the channel exists, so no key allocation.
-        if let Some(mut subscribers) = self.channels.get_mut(name) {
-            let shared = subscribers.key().clone();
-            let added = subscribers.insert(session, inbox.clone()).is_none();
-            drop(subscribers);
-            self.count_added(added);
-            return (shared, added);
+    /// Adds a session to a (valid) channel it does not hold yet; returns the channel's
+    /// tape and the session's cursor on it (the next publication).
+    pub fn subscribe(
+        &self,
+        name: &str,
+        session: SessionId,
+        inbox: &Arc<Inbox>,
+    ) -> (Arc<Tape>, Cursor) {
+        self.metrics.subscriptions.inc();
+        // Fast path: the channel exists, so no key allocation. Joining under the map's
+        // lock keeps a last unsubscribe from removing the tape in between.
+        if let Some(tape) = self.channels.get(name) {
+            let cursor = tape.join(session, inbox);
+            return (tape.clone(), cursor);
         }
         let shared: Name = Arc::from(name);
-        let (added, first) = match self.channels.entry(shared.clone()) {
-            Entry::Occupied(mut entry) => (
-                entry.get_mut().insert(session, inbox.clone()).is_none(),
-                false,
-            ),
-            Entry::Vacant(entry) => {
-                entry.insert(IndexMap::from([(session, inbox.clone())]));
-                (true, true)
+        match self.channels.entry(shared.clone()) {
+            Entry::Occupied(entry) => {
+                let tape = entry.get().clone();
+                let cursor = tape.join(session, inbox);
+                (tape, cursor)
             }
-        };
-        self.count_added(added);
-        if first {
-            self.mark_dirty(&shared);
+            Entry::Vacant(entry) => {
+                let tape = Arc::new(Tape::new(shared.clone(), self.capacity));
+                let cursor = tape.join(session, inbox);
+                entry.insert(tape.clone());
+                self.mark_dirty(&shared);
+                (tape, cursor)
+            }
         }
-        (shared, added)
     }
 
     /// Removes a session from a channel; removing the last subscriber removes the channel.
     pub fn unsubscribe(&self, name: &Name, session: SessionId) {
-        let Entry::Occupied(mut entry) = self.channels.entry(name.clone()) else {
+        let Entry::Occupied(entry) = self.channels.entry(name.clone()) else {
             return;
         };
-        if entry.get_mut().swap_remove(&session).is_none() {
-            return;
-        }
         self.metrics.subscriptions.dec();
-        if entry.get().is_empty() {
+        if entry.get().leave(session) == 0 {
             entry.remove();
             self.mark_dirty(name);
         }
     }
 
-    /// Queues consecutive publications on `channel` to every local subscriber, encoding
-    /// each once and pushing them to each inbox in one go. Never waits: a full inbox drops
-    /// frames for that client only.
-    pub fn publish<'a>(
-        &self,
-        channel: &str,
-        payloads: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Fanout {
-        let mut outcome = Fanout::default();
-        let Some(subscribers) = self.channels.get(channel) else {
-            return outcome;
+    /// Appends consecutive publications on `channel` to its tape, encoding each once;
+    /// returns how many deliveries that makes (frames x local subscribers). Never waits.
+    pub fn publish<'a>(&self, channel: &str, payloads: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        // The map's lock is not held while subscribers are told.
+        let Some(tape) = self.channels.get(channel).map(|t| t.clone()) else {
+            return 0;
         };
         let frames: Vec<_> = payloads
             .into_iter()
             .map(|data| payload::message(channel, data))
             .collect();
-        for inbox in subscribers.values() {
-            let pushed = inbox.push(subscribers.key(), &frames);
-            outcome.queued += pushed.queued;
-            outcome.dropped += pushed.dropped;
-        }
-        outcome
+        let count = frames.len() as u64;
+        count * tape.append(frames) as u64
     }
 
     /// Whether some local client holds `channel` right now.
@@ -143,49 +131,43 @@ impl Hub {
             .insert(name.clone());
         self.changed.notify_one();
     }
-
-    fn count_added(&self, added: bool) {
-        if added {
-            self.metrics.subscriptions.inc();
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbox::Batch;
+    use std::collections::VecDeque;
 
     fn hub() -> Hub {
-        Hub::new(Metrics::new(prometheus::Registry::new()).unwrap())
+        Hub::new(Metrics::new(prometheus::Registry::new()).unwrap(), 8)
     }
 
-    fn drained(inbox: &Inbox) -> Vec<String> {
-        let mut batch = Batch::default();
-        inbox.drain(&mut batch);
-        batch.frames.iter().map(|f| f.as_str().to_owned()).collect()
+    /// What a subscriber told of news reads from its tape.
+    fn read(inbox: &Arc<Inbox>, session: SessionId, cursor: &mut Cursor) -> Vec<String> {
+        let mut pending = Vec::new();
+        inbox.take(&mut pending);
+        let mut out = VecDeque::new();
+        for tape in pending {
+            tape.read(cursor, session, inbox, &mut out);
+        }
+        out.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
     #[test]
     fn first_and_last_subscriber_mark_the_channel_dirty() {
         let hub = hub();
-        let (one, two) = (Arc::new(Inbox::new(4)), Arc::new(Inbox::new(4)));
-        let (news, added) = hub.subscribe("news", 1, &one);
-        assert!(added);
-        assert_eq!(hub.take_dirty(), HashSet::from([news.clone()]));
-        assert!(
-            !hub.subscribe("news", 1, &one).1,
-            "a second subscribe adds nothing"
-        );
+        let (one, two) = (Arc::new(Inbox::new()), Arc::new(Inbox::new()));
+        let (news, _) = hub.subscribe("news", 1, &one);
+        assert_eq!(hub.take_dirty(), HashSet::from([news.name().clone()]));
         hub.subscribe("news", 2, &two);
         assert!(
             hub.take_dirty().is_empty(),
             "only the first subscriber marks"
         );
-        hub.unsubscribe(&news, 1);
+        hub.unsubscribe(news.name(), 1);
         assert!(hub.take_dirty().is_empty() && hub.is_live("news"));
-        hub.unsubscribe(&news, 2);
-        assert_eq!(hub.take_dirty(), HashSet::from([news]));
+        hub.unsubscribe(news.name(), 2);
+        assert_eq!(hub.take_dirty(), HashSet::from([news.name().clone()]));
         assert!(!hub.is_live("news") && hub.live_channels().is_empty());
         assert_eq!(hub.metrics.subscriptions.get(), 0);
     }
@@ -194,43 +176,38 @@ mod tests {
     fn publish_reaches_each_subscriber_once_and_no_one_else() {
         let hub = hub();
         let (one, two, other) = (
-            Arc::new(Inbox::new(4)),
-            Arc::new(Inbox::new(4)),
-            Arc::new(Inbox::new(4)),
+            Arc::new(Inbox::new()),
+            Arc::new(Inbox::new()),
+            Arc::new(Inbox::new()),
         );
-        hub.subscribe("news", 1, &one);
-        hub.subscribe("news", 1, &one);
-        hub.subscribe("news", 2, &two);
-        hub.subscribe("sport", 3, &other);
-        assert_eq!(
-            hub.publish("news", [&b"1"[..]]),
-            Fanout {
-                queued: 2,
-                dropped: 0
-            }
-        );
-        assert_eq!(hub.publish("nobody", [&b"1"[..]]), Fanout::default());
+        let (_, mut c1) = hub.subscribe("news", 1, &one);
+        let (_, mut c2) = hub.subscribe("news", 2, &two);
+        let (_, mut c3) = hub.subscribe("sport", 3, &other);
+        assert_eq!(hub.publish("news", [&b"1"[..]]), 2);
+        assert_eq!(hub.publish("nobody", [&b"1"[..]]), 0);
         let expected = vec![r#"{"op":"message","channel":"news","data":1}"#.to_string()];
-        assert_eq!(drained(&one), expected);
-        assert_eq!(drained(&two), expected);
-        assert!(drained(&other).is_empty());
+        assert_eq!(read(&one, 1, &mut c1), expected);
+        assert_eq!(read(&two, 2, &mut c2), expected);
+        assert!(read(&other, 3, &mut c3).is_empty());
     }
 
     #[test]
-    fn a_full_inbox_drops_for_that_client_only() {
+    fn a_channel_left_and_joined_again_starts_afresh() {
         let hub = hub();
-        let (slow, fast) = (Arc::new(Inbox::new(1)), Arc::new(Inbox::new(8)));
-        hub.subscribe("c", 1, &slow);
-        hub.subscribe("c", 2, &fast);
+        let inbox = Arc::new(Inbox::new());
+        let (old, _) = hub.subscribe("c", 1, &inbox);
         hub.publish("c", [&b"1"[..]]);
-        assert_eq!(
-            hub.publish("c", [&b"2"[..], b"3"]),
-            Fanout {
-                queued: 2,
-                dropped: 2
-            }
-        );
-        assert_eq!(drained(&fast).len(), 3);
-        assert_eq!(drained(&slow).len(), 1);
+        hub.unsubscribe(old.name(), 1);
+        let (new, mut cursor) = hub.subscribe("c", 1, &inbox);
+        assert!(!Arc::ptr_eq(&old, &new), "the last leave removed the tape");
+        hub.publish("c", [&b"2"[..]]);
+        let mut pending = Vec::new();
+        inbox.take(&mut pending);
+        // The stale mark from the old tape comes too; the session skips tapes it no
+        // longer holds (session::subscriptions), so read only the held one.
+        let mut out = VecDeque::new();
+        new.read(&mut cursor, 1, &inbox, &mut out);
+        let texts: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(texts, [r#"{"op":"message","channel":"c","data":2}"#]);
     }
 }

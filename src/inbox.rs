@@ -1,106 +1,76 @@
-//! One client's bounded queue of outgoing publications.
+//! How a session learns that its channels have news: the tapes with frames it has not
+//! read, and one wake.
 //!
-//! The fan-out pushes into it without ever waiting: frames that do not fit are dropped and
-//! counted against their channel, and the session later tells the client with `lagged`.
-//! The fan-out pushes a run of publications at once and the session drains it whole, so
-//! a burst costs one lock and one wake on each side.
+//! A tape marks the inbox only of a subscriber that had read everything, so a burst of
+//! publications costs the session one mark and one wake, however long the burst.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::channel::Name;
 use crate::payload::Frame;
+use crate::tape::Tape;
 
-/// The outcome of offering frames to a client. A closed inbox (the session is gone or
-/// going) queues and drops nothing.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pushed {
-    pub queued: u64,
-    /// Frames beyond `capacity`, dropped and counted as missed.
-    pub dropped: u64,
-}
-
-/// What the session takes from the inbox in one go.
+/// What the session writes in one go.
 #[derive(Default)]
 pub struct Batch {
     pub frames: VecDeque<Frame>,
-    /// Publications dropped per channel since the last drain.
+    /// Publications missed per channel since the last batch.
     pub missed: Vec<(Name, u64)>,
 }
 
+#[derive(Default)]
 pub struct Inbox {
     state: Mutex<State>,
     ready: Notify,
-    /// Most frames held at once; the bound on a slow client's memory.
-    capacity: usize,
 }
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Frame>,
-    missed: Vec<(Name, u64)>,
+    pending: Vec<Arc<Tape>>,
     closed: bool,
 }
 
 impl Inbox {
-    pub fn new(capacity: usize) -> Self {
-        Inbox {
-            state: Mutex::default(),
-            ready: Notify::new(),
-            capacity,
-        }
+    pub fn new() -> Self {
+        Inbox::default()
     }
 
-    /// Offers `frames` (one channel's, in order) without blocking; called on the Redis
-    /// read path.
-    pub fn push(&self, channel: &Name, frames: &[Frame]) -> Pushed {
+    /// `tape` has frames this session has not read; called on the publication path,
+    /// never blocks. A closed inbox (the session is gone or going) ignores it.
+    pub fn mark(&self, tape: &Arc<Tape>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.closed {
-            return Pushed::default();
+            return;
         }
-        let was_empty = state.frames.is_empty();
-        let room = self.capacity.saturating_sub(state.frames.len());
-        let (fits, over) = frames.split_at(room.min(frames.len()));
-        state.frames.extend(fits.iter().cloned());
-        if !over.is_empty() {
-            let over = over.len() as u64;
-            match state.missed.iter_mut().find(|(name, _)| name == channel) {
-                Some((_, count)) => *count += over,
-                None => state.missed.push((channel.clone(), over)),
-            }
-        }
+        let was_empty = state.pending.is_empty();
+        state.pending.push(tape.clone());
         drop(state);
-        // Only the push that makes the queue non-empty wakes the session: it drains
-        // everything queued after it too. (A full queue has a wake pending already.)
-        if was_empty && !fits.is_empty() {
+        // Only the mark that makes the list non-empty wakes the session: it takes the
+        // whole list.
+        if was_empty {
             self.ready.notify_one();
-        }
-        Pushed {
-            queued: fits.len() as u64,
-            dropped: over.len() as u64,
         }
     }
 
-    /// Resolves when frames may be waiting. Cancel-safe: an unconsumed wake is kept.
+    /// Resolves when some tape may have news. Cancel-safe: an unconsumed wake is kept.
     pub async fn ready(&self) {
         self.ready.notified().await
     }
 
-    /// Moves everything queued into `batch`, whose buffers are reused between drains.
-    pub fn drain(&self, batch: &mut Batch) {
+    /// Moves the marked tapes into `into` (empty; its buffer is reused between turns).
+    pub fn take(&self, into: &mut Vec<Arc<Tape>>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut state.frames, &mut batch.frames);
-        std::mem::swap(&mut state.missed, &mut batch.missed);
+        std::mem::swap(&mut state.pending, into);
     }
 
-    /// Refuses further pushes and discards what is queued; returns how many frames that was.
-    pub fn close(&self) -> usize {
+    /// Ignores further marks and forgets the pending ones.
+    pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.closed = true;
-        state.missed.clear();
-        std::mem::take(&mut state.frames).len()
+        state.pending.clear();
     }
 }
 
@@ -108,51 +78,26 @@ impl Inbox {
 mod tests {
     use super::*;
 
-    fn frames(texts: &[&str]) -> Vec<Frame> {
-        texts.iter().map(|text| text.to_string().into()).collect()
-    }
-
-    fn pushed(queued: u64, dropped: u64) -> Pushed {
-        Pushed { queued, dropped }
-    }
-
     #[test]
-    fn full_queue_drops_and_counts_per_channel() {
-        let inbox = Inbox::new(3);
-        let (a, b): (Name, Name) = ("a".into(), "b".into());
-        assert_eq!(inbox.push(&a, &frames(&["1"])), pushed(1, 0));
-        assert_eq!(inbox.push(&a, &frames(&["2", "3", "4"])), pushed(2, 1));
-        assert_eq!(inbox.push(&b, &frames(&["5"])), pushed(0, 1));
-        assert_eq!(inbox.push(&a, &frames(&["6", "7"])), pushed(0, 2));
-
-        let mut batch = Batch::default();
-        inbox.drain(&mut batch);
-        let texts: Vec<&str> = batch.frames.iter().map(|f| f.as_str()).collect();
-        assert_eq!(texts, ["1", "2", "3"]);
-        assert_eq!(batch.missed, vec![(a.clone(), 3), (b, 1)]);
-
-        batch = Batch::default();
-        inbox.drain(&mut batch);
-        assert!(batch.frames.is_empty() && batch.missed.is_empty());
-    }
-
-    #[test]
-    fn closed_inbox_refuses_and_reports_discards() {
-        let inbox = Inbox::new(8);
-        let a: Name = "a".into();
-        inbox.push(&a, &frames(&["1", "2"]));
-        assert_eq!(inbox.close(), 2);
-        assert_eq!(inbox.push(&a, &frames(&["3"])), Pushed::default());
+    fn a_closed_inbox_ignores_marks() {
+        let inbox = Inbox::new();
+        let tape = Arc::new(Tape::new("a".into(), 4));
+        inbox.mark(&tape);
+        inbox.close();
+        inbox.mark(&tape);
+        let mut pending = Vec::new();
+        inbox.take(&mut pending);
+        assert!(pending.is_empty());
     }
 
     #[tokio::test]
-    async fn first_push_wakes_the_reader() {
-        let inbox = std::sync::Arc::new(Inbox::new(8));
+    async fn first_mark_wakes_the_reader() {
+        let inbox = Arc::new(Inbox::new());
         let waiter = tokio::spawn({
             let inbox = inbox.clone();
             async move { inbox.ready().await }
         });
-        inbox.push(&"a".into(), &frames(&["1"]));
+        inbox.mark(&Arc::new(Tape::new("a".into(), 4)));
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")

@@ -3,8 +3,8 @@
 //! ```text
 //!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ (own thread)
 //!                                                               │ hub.publish: encode once,
-//!                                                               ▼ push without waiting
-//!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> inboxes)
+//!                                                               ▼ append to its tape once
+//!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> tape)
 //!                              │ subscribe/unsubscribe            │ first in / last out
 //!                              └──────────────► hub ──dirty set──► redis/ reconciles
 //! ```
@@ -13,8 +13,9 @@
 //! - `app`        wiring and the shutdown sequence
 //! - `http`       the listener: /ws /healthz /readyz /metrics, refusals before the upgrade
 //! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
-//! - `inbox`      a client's bounded outgoing queue; full means drop, count, `lagged`
-//! - `hub`        channel -> subscribers; the record of what Redis should carry
+//! - `tape`       a channel's last frames, read by each subscriber from its own cursor
+//! - `inbox`      which tapes have news for a session, and its one wake
+//! - `hub`        channel -> tape; the record of what Redis should carry
 //! - `redis`      the subscriber connection (own thread): reconnect, resubscribe, reconcile, probe
 //! - `gate`       the connection limits, per instance and per client IP
 //! - `fd_limit`   the connection limit the open-files limit really allows
@@ -49,3 +50,4 @@ pub mod proxy_protocol;
 pub mod readiness;
 pub mod redis;
 pub mod session;
+pub mod tape;

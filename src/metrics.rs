@@ -15,7 +15,8 @@ pub struct Metrics {
     pub channels: IntGauge,
     pub redis_messages_total: IntCounter,
     pub deliveries_total: IntCounter,
-    /// Publications dropped for a client whose queue was full (it is told with `lagged`).
+    /// Publications dropped for a client that fell more than the queue capacity behind on
+    /// a channel (it is told with `lagged`).
     pub dropped_queue_full: IntCounter,
     /// Frames discarded when a client was closed as a slow consumer.
     pub dropped_slow_consumer: IntCounter,

@@ -40,7 +40,6 @@ const DEAD_CLIENT_GRACE: Duration = Duration::from_secs(1);
 pub struct Settings {
     pub heartbeat: Duration,
     pub limits: Limits,
-    pub queue_capacity: usize,
     pub write_timeout: Duration,
     pub drain_period: Duration,
     pub rate: RateSettings,
@@ -104,7 +103,7 @@ pub async fn run<S>(
 {
     let settings = &shared.settings;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let inbox = Arc::new(Inbox::new(settings.queue_capacity));
+    let inbox = Arc::new(Inbox::new());
     let subs = Subscriptions::new(id, inbox.clone(), shared.hub.clone(), settings.limits);
     let mut requests = Requests::new(subs, grant, shared.auth.clone(), settings.rate);
     if let Err(refusal) = requests.subscribe_initial(&initial) {
@@ -129,7 +128,8 @@ pub async fn run<S>(
     };
 
     // Stop the fan-out reaching this client before anything else.
-    let mut discarded = inbox.close();
+    inbox.close();
+    let mut discarded = requests.subs.unread() as usize;
     drop(requests);
     // What a write cut short: the frame already on its way must be finished, the rest
     // is dropped with the queue.
@@ -182,6 +182,8 @@ where
     // fresh one per turn would cost two locks of one process-wide mutex per delivery batch.
     let drain = shared.drain.cancelled();
     tokio::pin!(drain);
+    // The tapes the inbox marked, taken each turn; the buffer is reused.
+    let mut tapes = Vec::new();
 
     loop {
         // Biased, with publications last: a steady stream keeps the inbox always ready,
@@ -228,7 +230,9 @@ where
                 send_all(ws, [Message::Ping(Default::default())], settings.write_timeout).await
             }
             _ = inbox.ready() => {
-                inbox.drain(batch);
+                inbox.take(&mut tapes);
+                let missed = requests.subs.read(&mut tapes, batch);
+                shared.metrics.dropped_queue_full.inc_by(missed);
                 let lagged = batch
                     .missed
                     .drain(..)

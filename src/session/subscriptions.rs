@@ -1,4 +1,5 @@
-//! The channels one connection holds, kept in step with the hub.
+//! The channels one connection holds, kept in step with the hub, and where it is on each
+//! channel's tape.
 //!
 //! Dropping it unsubscribes everything, so a session that ends any way at all leaves
 //! nothing behind in the hub or in `herald_subscriptions`.
@@ -8,8 +9,9 @@ use std::sync::Arc;
 
 use crate::channel::{self, Name};
 use crate::hub::{Hub, SessionId};
-use crate::inbox::Inbox;
+use crate::inbox::{Batch, Inbox};
 use crate::protocol::{Code, Id, Refusal};
+use crate::tape::{Cursor, Tape};
 
 /// The size limits a subscribe request must keep.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +28,8 @@ pub struct Subscriptions {
     hub: Arc<Hub>,
     /// Sorted, so `ok` replies list channels in a stable order.
     held: BTreeSet<Name>,
+    /// One per held channel, sorted by the tape's address, to find a marked tape fast.
+    cursors: Vec<(Arc<Tape>, Cursor)>,
     limits: Limits,
 }
 
@@ -36,6 +40,7 @@ impl Subscriptions {
             inbox,
             hub,
             held: BTreeSet::new(),
+            cursors: Vec::new(),
             limits,
         }
     }
@@ -52,8 +57,10 @@ impl Subscriptions {
         for name in names {
             let name = name.as_ref();
             if !self.held.contains(name) {
-                let (shared, _) = self.hub.subscribe(name, self.session, &self.inbox);
-                self.held.insert(shared);
+                let (tape, cursor) = self.hub.subscribe(name, self.session, &self.inbox);
+                self.held.insert(tape.name().clone());
+                let at = self.position(&tape).unwrap_or_else(|at| at);
+                self.cursors.insert(at, (tape, cursor));
             }
         }
         Ok(())
@@ -63,6 +70,7 @@ impl Subscriptions {
     pub fn unsubscribe(&mut self, names: &[impl AsRef<str>]) {
         for name in names {
             if let Some(shared) = self.held.take(name.as_ref()) {
+                self.cursors.retain(|(tape, _)| tape.name() != &shared);
                 self.hub.unsubscribe(&shared, self.session);
             }
         }
@@ -76,6 +84,40 @@ impl Subscriptions {
 
     pub fn names(&self) -> Vec<&str> {
         self.held.iter().map(|name| &**name).collect()
+    }
+
+    /// Reads what the marked `tapes` hold for this connection into `batch`, emptying
+    /// `tapes`; returns how many publications it missed. A tape it no longer holds (left
+    /// after the mark) is skipped.
+    pub fn read(&mut self, tapes: &mut Vec<Arc<Tape>>, batch: &mut Batch) -> u64 {
+        let mut missed_total = 0;
+        for tape in tapes.drain(..) {
+            let Ok(at) = self.position(&tape) else {
+                continue;
+            };
+            let cursor = &mut self.cursors[at].1;
+            let missed = tape.read(cursor, self.session, &self.inbox, &mut batch.frames);
+            if missed > 0 {
+                batch.missed.push((tape.name().clone(), missed));
+                missed_total += missed;
+            }
+        }
+        missed_total
+    }
+
+    /// Publications on its tapes this connection has not read: what it never gets if it
+    /// goes now.
+    pub fn unread(&self) -> u64 {
+        self.cursors
+            .iter()
+            .map(|(tape, cursor)| tape.unread(*cursor))
+            .sum()
+    }
+
+    fn position(&self, tape: &Arc<Tape>) -> Result<usize, usize> {
+        let address = Arc::as_ptr(tape) as usize;
+        self.cursors
+            .binary_search_by_key(&address, |(held, _)| Arc::as_ptr(held) as usize)
     }
 }
 
@@ -134,8 +176,11 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn subscriptions(held: usize) -> (Subscriptions, Arc<Hub>) {
-        let hub = Arc::new(Hub::new(Metrics::new(prometheus::Registry::new()).unwrap()));
-        let inbox = Arc::new(Inbox::new(4));
+        let hub = Arc::new(Hub::new(
+            Metrics::new(prometheus::Registry::new()).unwrap(),
+            4,
+        ));
+        let inbox = Arc::new(Inbox::new());
         let limits = Limits {
             held,
             per_request: 3,

@@ -7,8 +7,8 @@
 //! flushed before raw bytes follow it.
 //!
 //! The deadline is the slow-consumer verdict: a client that does not take its bytes within
-//! the write timeout is closed, and its queue stays bounded meanwhile because the fan-out
-//! drops (and counts) for a full inbox instead of waiting.
+//! the write timeout is closed, and what waits for it stays bounded meanwhile because a
+//! channel's tape keeps only its last frames (see `tape`).
 
 use std::collections::VecDeque;
 use std::future::Future;
