@@ -1,7 +1,6 @@
 //! The one listener: `/ws`, `/healthz`, `/readyz`, `/metrics`, and every refusal, which
 //! happens here as plain HTTP before any upgrade.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -264,7 +263,7 @@ fn upgrade(
     let grant = auth.authenticate(token).map_err(Refused::Unauthorized)?;
     let channels = query.channels;
     let limits = front.shared.settings.limits;
-    session::check_channels(&None, &channels, limits, &BTreeSet::new(), |name| {
+    session::check_channels(&None, &channels, limits, &[], |name| {
         auth.allows(&grant, name)
     })
     .map_err(|refusal| match refusal.code {
