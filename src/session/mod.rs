@@ -231,7 +231,8 @@ where
             }
             _ = inbox.ready() => {
                 inbox.take(&mut tapes);
-                let missed = requests.subs.read(&mut tapes, batch);
+                requests.subs.read(&mut tapes, batch);
+                let missed: u64 = batch.missed.iter().map(|(_, count)| count).sum();
                 shared.metrics.dropped_queue_full.inc_by(missed);
                 let lagged = batch
                     .missed

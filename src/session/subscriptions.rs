@@ -55,7 +55,7 @@ impl Subscriptions {
         check(id, names, self.limits, &self.names(), allowed)?;
         for name in names {
             let name = name.as_ref();
-            if !self.holds(name) {
+            if self.find(name).is_none() {
                 let (tape, cursor) = self.hub.subscribe(name, self.session, &self.inbox);
                 let at = self.position(&tape).unwrap_or_else(|at| at);
                 self.held.insert(at, (tape, cursor));
@@ -67,12 +67,7 @@ impl Subscriptions {
     /// Unsubscribes; names not held are ignored.
     pub fn unsubscribe(&mut self, names: &[impl AsRef<str>]) {
         for name in names {
-            let name = name.as_ref();
-            if let Some(at) = self
-                .held
-                .iter()
-                .position(|(tape, _)| **tape.name() == *name)
-            {
+            if let Some(at) = self.find(name.as_ref()) {
                 let (tape, _) = self.held.remove(at);
                 self.hub.unsubscribe(tape.name(), self.session);
             }
@@ -98,15 +93,16 @@ impl Subscriptions {
         names
     }
 
-    fn holds(&self, name: &str) -> bool {
-        self.held.iter().any(|(tape, _)| **tape.name() == *name)
+    fn find(&self, name: &str) -> Option<usize> {
+        self.held
+            .iter()
+            .position(|(tape, _)| **tape.name() == *name)
     }
 
     /// Reads what the marked `tapes` hold for this connection into `batch`, emptying
-    /// `tapes`; returns how many publications it missed. A tape it no longer holds (left
+    /// `tapes`; what it missed goes to `batch.missed`. A tape it no longer holds (left
     /// after the mark) is skipped.
-    pub fn read(&mut self, tapes: &mut Vec<Arc<Tape>>, batch: &mut Batch) -> u64 {
-        let mut missed_total = 0;
+    pub fn read(&mut self, tapes: &mut Vec<Arc<Tape>>, batch: &mut Batch) {
         for tape in tapes.drain(..) {
             let Ok(at) = self.position(&tape) else {
                 continue;
@@ -115,10 +111,8 @@ impl Subscriptions {
             let missed = tape.read(cursor, self.session, &self.inbox, &mut batch.frames);
             if missed > 0 {
                 batch.missed.push((tape.name().clone(), missed));
-                missed_total += missed;
             }
         }
-        missed_total
     }
 
     /// Publications on its tapes this connection has not read: what it never gets if it

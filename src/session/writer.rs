@@ -50,7 +50,7 @@ where
     I: IntoIterator<Item = Message>,
 {
     // Built pinned where it lies: a future moved into `within` would be held twice, and
-    // every session's future is sized for its largest await (idle 4.09 -> 3.86 KiB per
+    // every session's future is sized for its largest await (idle 4.09 -> 3.87 KiB per
     // connection).
     within(deadline, std::pin::pin!(feed_all(ws, messages))).await
 }

@@ -89,14 +89,10 @@ async fn a_client_that_falls_behind_is_told_what_it_missed() {
     wait_channels(&redis, &["burst"], secs(5)).await;
 
     // The client reads nothing while the whole burst goes out.
-    let mut conn = redis::Client::open(redis.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("publisher connection");
     let pad = "x".repeat(PAYLOAD_BYTES);
     for seq in 0..BURST {
-        publish_json(&mut conn, json!({"seq": seq, "pad": pad})).await;
+        let payload = json!({"seq": seq, "pad": pad}).to_string();
+        redis.publish("burst", payload).await;
     }
     // Every publication has been read from Redis and offered to the client.
     eventually("the burst read from Redis", secs(30), async || {
@@ -131,7 +127,9 @@ async fn a_client_that_falls_behind_is_told_what_it_missed() {
             Some("lagged") => {
                 assert_eq!(frame["channel"], "burst", "{frame}");
                 missed += frame["missed"].as_u64().expect("missed count");
-                publish_json(&mut conn, json!({"end": true})).await;
+                redis
+                    .publish("burst", json!({"end": true}).to_string())
+                    .await;
             }
             _ => panic!("unexpected frame {frame}"),
         }
@@ -148,15 +146,6 @@ async fn a_client_that_falls_behind_is_told_what_it_missed() {
         .await
         .value("herald_dropped_total", &[("reason", "queue_full")]);
     assert_eq!(dropped as u64, missed, "lagged and the metric agree");
-}
-
-async fn publish_json(conn: &mut redis::aio::MultiplexedConnection, payload: serde_json::Value) {
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("burst")
-        .arg(payload.to_string())
-        .query_async(conn)
-        .await
-        .expect("PUBLISH");
 }
 
 /// Publishes `{"seq":n,"pad":...}` every tick until `stop`, then `{"end":n}`; returns n.
