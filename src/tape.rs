@@ -170,7 +170,10 @@ impl Tape {
     /// Whether a history read can be answered for this tape now: anchored, and not
     /// waiting for a fill. Always true for a channel without history.
     pub fn is_settled(&self) -> bool {
-        self.lock().sequence.as_ref().is_none_or(Sequence::is_settled)
+        self.lock()
+            .sequence
+            .as_ref()
+            .is_none_or(Sequence::is_settled)
     }
 
     /// Where a fill must read from: `None` when there is nothing to fill (no history,
@@ -245,13 +248,21 @@ impl Tape {
             return Resume::Recovered; // nothing missed: the cursor stays at the head
         }
         let wanted = since.n + 1;
-        match state.frames.iter().position(|e| e.number >= wanted && e.number != 0) {
-            Some(at) if state.frames[at].number == wanted => {
+        let oldest = state
+            .frames
+            .iter()
+            .find(|e| e.number != 0)
+            .map(|e| e.number);
+        if oldest.is_none_or(|oldest| oldest > wanted) {
+            return Resume::NeedRedis; // older than the tape holds
+        }
+        match state.frames.iter().position(|e| e.number == wanted) {
+            Some(at) => {
                 self.rewind(&mut state, cursor, at, session, inbox);
                 Resume::Recovered
             }
-            Some(0) | None => Resume::NeedRedis,
-            Some(_) => Resume::NotRecovered,
+            // Behind a gap: the numbers before it are not this history's.
+            None => Resume::NotRecovered,
         }
     }
 
@@ -388,7 +399,10 @@ mod tests {
     use super::*;
 
     fn frames(texts: &[&str]) -> Vec<(Option<(&'static str, u64)>, Frame)> {
-        texts.iter().map(|text| (None, text.to_string().into())).collect()
+        texts
+            .iter()
+            .map(|text| (None, text.to_string().into()))
+            .collect()
     }
 
     fn texts(out: &VecDeque<Frame>) -> Vec<&str> {
