@@ -144,7 +144,10 @@ impl Sequence {
             }
             // No epoch known yet and nothing ever delivered: nothing can have been missed
             // before the first publication, which the read shows from its start.
-            (Some(next), None) if read.epoch.is_some() && read.entries.first().is_some_and(|(n, _)| *n == next) => {
+            (Some(next), None)
+                if read.epoch.is_some()
+                    && read.entries.first().is_some_and(|(n, _)| *n == next) =>
+            {
                 self.epoch = read.epoch.clone();
                 let mut last = next - 1;
                 for (n, frame) in &read.entries {
