@@ -178,7 +178,7 @@ async fn since_beyond_history_is_not_recovered_and_goes_live() {
     );
 
     wait_channels(&redis, &["plain", "short:c"], secs(5)).await;
-    let live = offset_of(redis.herald_publish("short:c", r#"{"seq":"live"}"#).await);
+    let live = offset_of(redis.herald_publish("short:c", r#"{"seq":51}"#).await);
     redis.publish("plain", "live").await;
     for (who, c) in [
         ("the covered client", &mut covered),
@@ -497,7 +497,7 @@ async fn redis_restart_without_persistence_is_a_gap_and_a_new_epoch() {
     let reloaded = eventually(
         "FCALL herald_publish to work on the restarted Redis",
         secs(5),
-        async || redis.try_herald_publish(CHANNEL, r#"{"seq":"new"}"#).await,
+        async || redis.try_herald_publish(CHANNEL, r#"{"seq":100}"#).await,
     )
     .await;
     let new = offset_of(reloaded);
@@ -514,7 +514,7 @@ async fn redis_restart_without_persistence_is_a_gap_and_a_new_epoch() {
         .subscribe_since(1, &[CHANNEL], json!({CHANNEL: last_before.text}))
         .await;
     assert_eq!(reply["recovered"], json!({CHANNEL: false}), "{reply}");
-    let live = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":"live"}"#).await);
+    let live = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":101}"#).await);
     assert_eq!((&live.epoch, live.n), (&new.epoch, 2));
     assert_eq!(next_publication(&mut resumer, CHANNEL).await.offset, live);
     assert_eq!(next_publication(&mut client, CHANNEL).await.offset, live);
@@ -536,7 +536,7 @@ async fn a_channel_without_history_gets_one_gap_per_subscriber() {
     ];
     let mut both = Client::connect(&gw.ws_url("channels=plain,hist:kept")).await;
     wait_channels(&redis, &["hist:kept", "plain"], secs(5)).await;
-    let kept = offset_of(redis.herald_publish("hist:kept", "before").await);
+    let kept = offset_of(redis.herald_publish("hist:kept", r#"{"seq":1}"#).await);
     assert_eq!(next_publication(&mut both, "hist:kept").await.offset, kept);
     let before = reconnects(&gw).await;
 
@@ -550,7 +550,7 @@ async fn a_channel_without_history_gets_one_gap_per_subscriber() {
     wait_channels(&redis, &["hist:kept", "plain"], secs(5)).await;
 
     redis.publish("plain", "after").await;
-    let kept_after = offset_of(redis.herald_publish("hist:kept", "after").await);
+    let kept_after = offset_of(redis.herald_publish("hist:kept", r#"{"seq":2}"#).await);
     let after = json!({"op": "message", "channel": "plain", "data": "after"});
     for (i, client) in plain.iter_mut().chain([&mut both]).enumerate() {
         let got = next_json(client, &format!("client {i} after the drop")).await;
@@ -618,7 +618,7 @@ async fn history_shorter_than_the_outage_is_a_gap() {
     .await;
     let gap = next_json(&mut client, "the gap").await;
     assert_eq!(gap, json!({"op": "gap", "channel": CHANNEL}));
-    let live = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":"live"}"#).await);
+    let live = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":11}"#).await);
     assert_eq!(live.n, 11);
     // After the gap Herald may or may not hand over what history still holds; it must be
     // in order, without a second gap, and end with the live publication.
