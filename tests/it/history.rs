@@ -366,6 +366,101 @@ async fn resume_on_another_instance_while_publishing() {
     assert_eq!(recoveries(&m), (2.0, 0.0), "B: {}", m.text);
 }
 
+/// A client that fell behind on a history channel and got `lagged` unsubscribes and
+/// subscribes again with `since` its last offset: it gets back exactly what was dropped,
+/// then the live stream (contract 1.1, "Offsets and resume").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagged_is_recovered_by_subscribing_again_with_since() {
+    const CHANNEL: &str = "big:1";
+    /// More than the loopback socket buffers (several MB each way) and the queue hold, as
+    /// in slow_consumer.rs.
+    const BURST: usize = 400;
+    const PAD: usize = 48 * 1024;
+    let redis = Redis::start().await;
+    let args = [
+        &history_args("big:*=1000/5m")[..],
+        &["--queue-capacity", "8", "--write-timeout", "60s"],
+    ]
+    .concat();
+    let gw = Gateway::start(&redis.url(), &args).await;
+    gw.wait_ready(secs(10)).await;
+    let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+
+    // The client reads nothing while the whole burst goes out.
+    let mut log = PublishLog::default();
+    for _ in 0..BURST / 50 {
+        log.publish_padded(&redis, CHANNEL, 50, PAD).await;
+    }
+    eventually("the burst read from Redis", secs(30), async || {
+        let m = gw.metrics().await;
+        let queued = m.value("herald_deliveries_total", &[]);
+        let dropped = m.value("herald_dropped_total", &[("reason", "queue_full")]);
+        if queued + dropped >= BURST as f64 {
+            Ok(())
+        } else {
+            Err(format!("queued {queued}, dropped {dropped}"))
+        }
+    })
+    .await;
+
+    // Reading again: publications in order, until `lagged`; the last offset received
+    // then is where the client resumes from.
+    let mut last: Option<Offset> = None;
+    loop {
+        let frame = next_json(&mut client, "publications, then lagged").await;
+        if frame["op"] == "lagged" {
+            assert_eq!(frame["channel"], CHANNEL, "{frame}");
+            break;
+        }
+        let got = Received::from_frame(&frame, CHANNEL).unwrap_or_else(|e| panic!("{e}"));
+        // Offsets are opaque to clients: the recipe works only if `lagged` comes where
+        // the publications were dropped, before anything published after them.
+        let expected = last.as_ref().map_or(1, |o| o.n + 1);
+        assert_eq!(
+            got.offset.n, expected,
+            "a hole before `lagged`: a client resubscribing with the last offset it \
+             received would never get back what was dropped"
+        );
+        last = Some(got.offset);
+    }
+    let last = last.expect("some publications before lagged");
+    // What the tape kept after `lagged` (and more `lagged`) may still come before the
+    // unsubscribe's `ok`.
+    client
+        .send_json(json!({"op": "unsubscribe", "id": 1, "channels": [CHANNEL]}))
+        .await;
+    loop {
+        let frame = next_json(&mut client, "the unsubscribe's ok").await;
+        if frame["op"] == "ok" {
+            assert_eq!(frame["id"], 1, "{frame}");
+            break;
+        }
+        if frame["op"] != "lagged" {
+            Received::from_frame(&frame, CHANNEL).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let reply = client
+        .subscribe_since(2, &[CHANNEL], json!({CHANNEL: last.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({CHANNEL: true}), "{reply}");
+    let fin = json!({"seq": log.next_seq, "fin": true}).to_string();
+    let offset = offset_of(redis.herald_publish(CHANNEL, fin).await);
+    log.acked.push((log.next_seq, offset));
+    let got = read_until_fin(client, CHANNEL)
+        .await
+        .unwrap_or_else(|e| panic!("after resubscribing: {e}"));
+    check_exactly_once(&got, &log, last.n + 1)
+        .unwrap_or_else(|e| panic!("resubscribed after n={}: {e}", last.n));
+    eprintln!(
+        "history: lagged after n={}; {} recovered by subscribing again",
+        last.n,
+        got.len()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(recoveries(&m), (1.0, 0.0), "{}", m.text);
+}
+
 // ---------------------------------------------------------------------------------------
 // Herald's subscriber connection drops
 // ---------------------------------------------------------------------------------------
@@ -882,14 +977,30 @@ pub struct PublishLog {
 impl PublishLog {
     /// `count` publications in one pipeline, through the test's own connection.
     pub async fn publish_many(&mut self, redis: &Redis, channel: &str, count: usize) -> usize {
+        self.publish_padded(redis, channel, count, 0).await
+    }
+
+    /// Like `publish_many`, each payload carrying `pad` bytes more.
+    pub async fn publish_padded(
+        &mut self,
+        redis: &Redis,
+        channel: &str,
+        count: usize,
+        pad: usize,
+    ) -> usize {
         let seqs: Vec<u64> = (self.next_seq..self.next_seq + count as u64).collect();
         self.next_seq += count as u64;
-        let payloads: Vec<String> = seqs.iter().map(|s| json!({"seq": s}).to_string()).collect();
+        let pad = "x".repeat(pad);
+        let payloads: Vec<String> = seqs
+            .iter()
+            .map(|s| match pad.len() {
+                0 => json!({"seq": s}).to_string(),
+                _ => json!({"seq": s, "pad": pad}).to_string(),
+            })
+            .collect();
         let offsets = redis.herald_publish_many(channel, &payloads).await;
-        self.acked.extend(
-            seqs.into_iter()
-                .zip(offsets.iter().map(|o| Offset::parse(o))),
-        );
+        let offsets = offsets.iter().map(|o| Offset::parse(o));
+        self.acked.extend(seqs.into_iter().zip(offsets));
         count
     }
 
