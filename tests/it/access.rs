@@ -417,8 +417,10 @@ async fn request_floods_are_rate_limited_then_closed() {
         client.send_json(json!({"op": "ping", "id": id})).await;
     }
     let mut limited = 0;
-    for _ in 0..10 {
+    for id in 0..10 {
         let reply = client.recv_json(secs(5)).await;
+        // Refused or answered, each reply carries its request's id (the contract).
+        assert_eq!(reply["id"], id, "{reply}");
         if reply["code"] == "rate_limited" {
             limited += 1;
         }
