@@ -31,10 +31,12 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Redis to subscribe to: redis://[:password@]host[:port][/db] or rediss:// for TLS.
+    /// (Its live value, which may hold a password, is never echoed by --help.)
     #[arg(
         long,
         env = "HERALD_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 

@@ -16,7 +16,12 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let filter = match EnvFilter::try_new(&config.log) {
-        Ok(filter) => filter,
+        // The WebSocket library traces whole frames and handshakes (tokens in a refresh
+        // or the upgrade URL): whatever the filter asks, it says no more than info.
+        Ok(filter) => ["tungstenite", "tokio_tungstenite"]
+            .into_iter()
+            .filter_map(|target| format!("{target}=info").parse().ok())
+            .fold(filter, EnvFilter::add_directive),
         Err(e) => {
             eprintln!("herald: HERALD_LOG is not a valid filter: {e}");
             return ExitCode::from(EXIT_CONFIG);
