@@ -1,0 +1,37 @@
+//! What the log looks like where it is stored: text lines without terminal colour codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::support::free_port;
+
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    // No Redis on this port: the lines up to "listening" are all that is needed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{}", free_port())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("a log line");
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("listening"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a piped log:\n{text:?}"
+    );
+}
