@@ -11,7 +11,16 @@ use tracing_subscriber::EnvFilter;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        // --help and --version print and exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!("herald: {}", herald::config::describe_refusal(&e, &args));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = config.validate() {
         eprintln!("herald: {e}");
         return ExitCode::from(EXIT_CONFIG);
