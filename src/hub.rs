@@ -29,8 +29,13 @@ pub struct Hub {
     /// Which channels keep history.
     history: Rules,
     /// Channels whose first subscriber came or last one left since the reconciler looked.
-    /// Bounded by the number of distinct channels, unlike a queue of events.
+    /// Bounded by the number of distinct channels, unlike a queue of events, and kept
+    /// only while a connection is there to reconcile: during an outage a reconnect
+    /// resubscribes the live set anyway, and churn through ever new names (50/s per client
+    /// at the rate limit) would grow it without bound.
     dirty: Mutex<HashSet<Name>>,
+    /// Whether changes are being tracked for a live connection (`track_changes`).
+    tracking: std::sync::atomic::AtomicBool,
     changed: Notify,
     metrics: Metrics,
 }
@@ -44,6 +49,7 @@ impl Hub {
             capacity,
             history,
             dirty: Mutex::default(),
+            tracking: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             metrics,
         }
@@ -132,6 +138,17 @@ impl Hub {
         self.channels.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// Starts (a connection is up: call before taking its snapshot of live channels) or
+    /// stops (it is lost) tracking changes; stopping forgets the changes tracked.
+    pub fn track_changes(&self, on: bool) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        self.tracking
+            .store(on, std::sync::atomic::Ordering::Release);
+        if !on {
+            *dirty = HashSet::new();
+        }
+    }
+
     /// Takes the set of channels changed since the last call.
     pub fn take_dirty(&self) -> HashSet<Name> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
@@ -143,10 +160,14 @@ impl Hub {
     }
 
     fn mark_dirty(&self, name: &Name) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone());
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock `track_changes` takes: a mark is never lost between a
+        // connection's start and its snapshot.
+        if !self.tracking.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        dirty.insert(name.clone());
+        drop(dirty);
         self.changed.notify_one();
     }
 }
@@ -157,11 +178,35 @@ mod tests {
     use std::collections::VecDeque;
 
     fn hub() -> Hub {
-        Hub::new(
+        let hub = Hub::new(
             Metrics::new(prometheus::Registry::new()).unwrap(),
             8,
             Rules::default(),
-        )
+        );
+        hub.track_changes(true);
+        hub
+    }
+
+    #[test]
+    fn changes_are_not_kept_while_no_connection_reconciles() {
+        let hub = hub();
+        hub.track_changes(false);
+        let inbox = Arc::new(Inbox::new());
+        // An outage's churn through ever new names.
+        for i in 0..1000 {
+            let (tape, _) = hub.subscribe(&format!("n{i}"), 1, &inbox);
+            hub.unsubscribe(tape.name(), 1);
+        }
+        let (held, _) = hub.subscribe("held", 1, &inbox);
+        assert!(
+            hub.take_dirty().is_empty(),
+            "nothing kept during the outage"
+        );
+        // Back: the live set is the snapshot; changes from now on are tracked.
+        hub.track_changes(true);
+        assert_eq!(hub.live_channels(), [held.name().clone()]);
+        hub.unsubscribe(held.name(), 1);
+        assert_eq!(hub.take_dirty(), HashSet::from([held.name().clone()]));
     }
 
     /// What a subscriber told of news reads from its tape.

@@ -82,9 +82,10 @@ impl<'a> History<'a> {
         Ok(())
     }
 
-    /// Anchors the history channels among `added`, just subscribed on this connection.
-    pub async fn anchor(&mut self, added: &[Name]) -> Result<(), BatchError> {
-        let tapes: Vec<Arc<Tape>> = added
+    /// Anchors the new history tapes among `live`, channels subscribed on this
+    /// connection whose tape changed (a first subscriber came).
+    pub async fn anchor(&mut self, live: &[Name]) -> Result<(), BatchError> {
+        let tapes: Vec<Arc<Tape>> = live
             .iter()
             .filter_map(|name| self.hub.tape(name))
             .filter(|tape| tape.is_history() && !tape.is_settled())

@@ -163,6 +163,8 @@ impl Subscriber {
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
             self.metrics.channels.set(0);
+            // The next connection resubscribes the live set: no change needs keeping.
+            self.hub.track_changes(false);
             let ceiling = backoff.ceiling();
             let new_outage = outage.begin();
             let wait = if lost.is_refused() {
@@ -306,11 +308,11 @@ impl Subscriber {
         loop {
             tokio::select! {
                 _ = self.hub.changed() => {
-                    let added = match reconciler.reconcile().await {
-                        Ok(added) => added,
+                    let live = match reconciler.reconcile().await {
+                        Ok(live) => live,
                         Err(e) => return Lost::batch(e),
                     };
-                    if let Err(e) = history.anchor(&added).await {
+                    if let Err(e) = history.anchor(&live).await {
                         return Lost::batch(e);
                     }
                     if let Err(e) = history.serve().await {

@@ -75,6 +75,7 @@ impl<'a> Reconciler<'a> {
     pub async fn resubscribe_all(&mut self) -> Result<Vec<Arc<Tape>>, BatchError> {
         // Changes from here on stay marked and are handled by `reconcile`; those before
         // are all reflected in the snapshot.
+        self.hub.track_changes(true);
         self.hub.take_dirty();
         let tapes = self.hub.live_tapes();
         for tape in &tapes {
@@ -87,19 +88,23 @@ impl<'a> Reconciler<'a> {
 
     /// Handles the channels marked since the last call, checking each against live counts,
     /// so a last-unsubscribe that raced a new subscribe never unsubscribes a held channel.
-    /// Returns the channels it subscribed.
+    /// Returns the changed channels that are live (subscribed now, or still subscribed:
+    /// a channel left and joined again between two passes has a new tape on the same
+    /// Redis subscription).
     pub async fn reconcile(&mut self) -> Result<Vec<Name>, BatchError> {
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        let (mut add, mut remove, mut live) = (Vec::new(), Vec::new(), Vec::new());
         for name in self.hub.take_dirty() {
             match (self.hub.is_live(&name), self.on_redis.contains(&name)) {
                 (true, false) => add.push(name),
+                (true, true) => live.push(name),
                 (false, true) => remove.push(name),
-                _ => {}
+                (false, false) => {}
             }
         }
         self.apply(Kind::Subscribe, &add).await?;
         self.apply(Kind::Unsubscribe, &remove).await?;
-        Ok(add)
+        live.append(&mut add);
+        Ok(live)
     }
 
     /// A PING in subscribed mode: proves the connection still carries traffic both ways.

@@ -377,9 +377,12 @@ async fn lagged_is_recovered_by_subscribing_again_with_since() {
     const BURST: usize = 400;
     const PAD: usize = 48 * 1024;
     let redis = Redis::start().await;
+    // The resume reads ~18 MB of history back (each entry decoded and encoded once): in
+    // a debug build beside the other tests that took over the default 5s deadline.
     let args = [
         &history_args("big:*=1000/5m")[..],
         &["--queue-capacity", "8", "--write-timeout", "60s"],
+        &["--redis-timeout", "30s"],
     ]
     .concat();
     let gw = Gateway::start(&redis.url(), &args).await;
