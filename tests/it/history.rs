@@ -541,6 +541,114 @@ async fn expired_history_is_not_recovered() {
     assert_eq!(next_publication(&mut fresh, "brief:1").await.offset.n, 4);
 }
 
+/// Subscribing (without `since`) to a channel in the middle of a steady stream: from its
+/// first publication on, the client gets every one, in order, whether it is the
+/// channel's first subscriber on the instance or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_mid_stream_gets_a_dense_stream_from_the_first_frame() {
+    const CHANNEL: &str = "mid:1";
+    let (redis, gw) = start_with_history("mid:*=5000/5m").await;
+    let mut publisher = Publisher::spawn(&redis, CHANNEL, 0, Pace::steady());
+    let mut readers = Vec::new();
+    for round in 1..=4 {
+        publisher.wait_acked(round * 100).await;
+        let mut client = Client::connect(&gw.ws_url("")).await;
+        // Round 1 is the instance's first subscriber; then the channel is live here.
+        client.subscribe(1, &[CHANNEL]).await;
+        readers.push((round, tokio::spawn(read_until_fin(client, CHANNEL))));
+    }
+    publisher.wait_acked(600).await;
+    let log = publisher.finish(&redis).await;
+    for (round, reader) in readers {
+        let got = reader
+            .await
+            .expect("reader task")
+            .unwrap_or_else(|e| panic!("subscriber {round}: {e}"));
+        let first = got[0].offset.n;
+        check_exactly_once(&got, &log, first)
+            .unwrap_or_else(|e| panic!("subscriber {round}, from n={first}: {e}"));
+    }
+}
+
+/// Unsubscribing and subscribing again with `since` on the same connection, while
+/// publications go on: what went by in between, then the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_then_resume_on_the_same_connection() {
+    const CHANNEL: &str = "again:1";
+    let (redis, gw) = start_with_history("again:*=5000/5m").await;
+    let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    let mut publisher = Publisher::spawn(&redis, CHANNEL, 0, Pace::steady());
+    let left = read_n(&mut client, CHANNEL, 50).await;
+    // Publications already queued may come before the unsubscribe's `ok`.
+    client
+        .send_json(json!({"op": "unsubscribe", "id": 1, "channels": [CHANNEL]}))
+        .await;
+    loop {
+        let frame = next_json(&mut client, "the unsubscribe's ok").await;
+        if frame["op"] == "ok" {
+            assert_eq!(frame, json!({"op": "ok", "id": 1, "channels": []}));
+            break;
+        }
+        Received::from_frame(&frame, CHANNEL).unwrap_or_else(|e| panic!("{e}"));
+    }
+    publisher.wait_acked(left.n as usize + 200).await;
+    let reply = client
+        .subscribe_since(2, &[CHANNEL], json!({CHANNEL: left.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({CHANNEL: true}), "{reply}");
+    let reader = tokio::spawn(read_until_fin(client, CHANNEL));
+    publisher.wait_acked(left.n as usize + 400).await;
+    let log = publisher.finish(&redis).await;
+    let got = reader
+        .await
+        .expect("reader task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_exactly_once(&got, &log, left.n + 1)
+        .unwrap_or_else(|e| panic!("resumed after n={}: {e}", left.n));
+}
+
+/// A replayed publication is the frame the live one was: JSON embedded, UTF-8 text as a
+/// string, other bytes as base64, each with its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_frames_equal_the_live_ones() {
+    const CHANNEL: &str = "enc:1";
+    let (redis, gw) = start_with_history("enc:*=100/5m").await;
+    let mut live = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let start = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":0}"#).await);
+    let payloads: [&[u8]; 5] = [
+        br#"{"nested":{"a":[1,2,3]},"s":"\u00e9"}"#,
+        "plain text, not JSON: é".as_bytes(),
+        &[0xff, 0x00, 0x01, 0x80],
+        b"",
+        b"42",
+    ];
+    let mut offsets = Vec::new();
+    for payload in payloads {
+        offsets.push(offset_of(redis.herald_publish(CHANNEL, payload).await));
+    }
+    next_json(&mut live, "the start marker").await;
+    let mut frames = Vec::new();
+    for (payload, offset) in payloads.iter().zip(&offsets) {
+        let frame = next_json(&mut live, "a live frame").await;
+        assert_eq!(frame["offset"], offset.text.as_str(), "{frame}");
+        assert_eq!(frame["channel"], CHANNEL, "{frame}");
+        frames.push((String::from_utf8_lossy(payload).into_owned(), frame));
+    }
+    assert_eq!(frames[2].1["encoding"], "base64", "{}", frames[2].1);
+    assert_eq!(frames[2].1["data"], "/wABgA==", "{}", frames[2].1);
+
+    let mut resumer = Client::connect(&gw.ws_url("")).await;
+    let reply = resumer
+        .subscribe_since(1, &[CHANNEL], json!({CHANNEL: start.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({CHANNEL: true}), "{reply}");
+    for (payload, live_frame) in &frames {
+        let replayed = next_json(&mut resumer, "a replayed frame").await;
+        assert_eq!(&replayed, live_frame, "payload {payload:?}");
+    }
+}
+
 /// A client that fell behind on a history channel and got `lagged` unsubscribes and
 /// subscribes again with `since` its last offset: it gets back exactly what was dropped,
 /// then the live stream (contract 1.1, "Offsets and resume").
