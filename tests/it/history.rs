@@ -748,6 +748,60 @@ async fn lagged_is_recovered_by_subscribing_again_with_since() {
     assert_eq!(recoveries(&m), (1.0, 0.0), "{}", m.text);
 }
 
+/// A history rule that cannot work stops Herald at start, naming the rule, whether it comes
+/// from HERALD_HISTORY or the flag; it never starts listening with half its rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_history_rules_stop_herald_at_start() {
+    let cases = [
+        ("chat:*=0/5m", "size 0"),
+        ("chat:*=100001/5m", "size above 100000"),
+        ("chat:*=300", "no TTL"),
+        ("chat:*=300/0s", "TTL under 1s"),
+        ("chat:*=300/soon", "TTL not a duration"),
+        ("chat:*", "no limits"),
+    ];
+    for (rules, what) in cases {
+        for by_env in [true, false] {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+            command
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--redis-url",
+                    "redis://127.0.0.1:1/",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            if by_env {
+                command.env("HERALD_HISTORY", rules);
+            } else {
+                command.args(["--history", rules]);
+            }
+            let child = command.spawn().expect("spawn herald");
+            let out = tokio::time::timeout(
+                secs(10),
+                tokio::task::spawn_blocking(move || child.wait_with_output()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{what} ({rules:?}): herald still runs after 10s"))
+            .expect("join")
+            .expect("herald's output");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && !stderr.contains("listening"),
+                "{what} ({rules:?}, env: {by_env}): {}\n{stderr}",
+                out.status
+            );
+            assert!(
+                stderr.contains(rules) || stderr.to_lowercase().contains("history"),
+                "{what} ({rules:?}, env: {by_env}): the error names neither the rule nor \
+                 the setting:\n{stderr}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Herald's subscriber connection drops
 // ---------------------------------------------------------------------------------------
