@@ -1075,6 +1075,113 @@ async fn history_shorter_than_the_outage_is_a_gap() {
     assert_eq!(m.value("herald_gaps_total", &[]), 1.0, "{}", m.text);
 }
 
+/// Kept and plain publications mixed on one history channel across a silent drop: the
+/// kept ones missed are filled from history, and everything reaches the client in the
+/// order Redis delivered it (a plain publication never overtakes kept ones held while
+/// the fill reads history). Plain ones published while Herald was cut off may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_kept_publications_keep_their_order_across_a_fill() {
+    const CHANNEL: &str = "hist:mixed";
+    let (redis, proxy, gw) = behind_proxy("hist:*=5000/5m").await;
+    let client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    let reader = tokio::spawn(read_mixed_until_fin(client, CHANNEL));
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+
+    // Alternately kept and plain, `seq` counting up, each after the previous was accepted.
+    let stop = CancellationToken::new();
+    let (seq_tx, mut published) = watch::channel(0u64);
+    let publisher = tokio::spawn({
+        let (client, stop) = (redis::Client::open(redis.url()).expect("url"), stop.clone());
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("publisher's connection");
+            let mut seq = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                seq += 1;
+                let payload = json!({"seq": seq}).to_string();
+                let mut cmd = if seq % 2 == 0 {
+                    redis::cmd("PUBLISH")
+                } else {
+                    let mut fcall = redis::cmd("FCALL");
+                    fcall.arg("herald_publish").arg(1);
+                    fcall
+                };
+                cmd.arg(CHANNEL).arg(payload);
+                let _: redis::Value = cmd.query_async(&mut conn).await.expect("publish");
+                seq_tx.send_replace(seq);
+            }
+            seq
+        }
+    });
+    wait_published(&mut published, 100).await;
+    silent_outage(&proxy, &gw, async || {}).await;
+    // Publications go on across the reconnect and the fill, then a while after it.
+    let ready_at = *published.borrow();
+    wait_published(&mut published, ready_at + 150).await;
+    stop.cancel();
+    let last = publisher.await.expect("publisher");
+    let fin = json!({"seq": last + 1, "fin": true}).to_string();
+    let fin_offset = offset_of(redis.herald_publish(CHANNEL, fin).await);
+
+    let got = reader
+        .await
+        .expect("reader")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+    if let Some(at) = seqs.windows(2).position(|w| w[1] <= w[0]) {
+        panic!(
+            "out of Redis's order at position {at}: {:?}",
+            &got[at.saturating_sub(5)..(at + 5).min(got.len())]
+        );
+    }
+    let kept: Vec<u64> = got.iter().filter_map(|(_, n)| *n).collect();
+    let dense = (1..=fin_offset.n).collect::<Vec<_>>();
+    assert_eq!(kept, dense, "every kept publication once, in order");
+    let m = gw.metrics().await;
+    assert!(
+        m.value("herald_gapfill_publications_total", &[]) > 0.0,
+        "nothing was filled: the outage lost no kept publication\n{}",
+        m.text
+    );
+}
+
+async fn wait_published(published: &mut watch::Receiver<u64>, seq: u64) {
+    let reached = tokio::time::timeout(secs(10), published.wait_for(|s| *s >= seq)).await;
+    assert!(
+        reached.is_ok_and(|r| r.is_ok()),
+        "the publisher never reached seq {seq}"
+    );
+}
+
+/// Reads messages, kept (with offset) and plain, until the one marked `fin`; returns
+/// (seq, offset number) of each in arrival order. Any other frame is an error.
+async fn read_mixed_until_fin(
+    mut client: Client,
+    channel: &str,
+) -> Result<Vec<(u64, Option<u64>)>, String> {
+    let mut got = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(secs(20), client.next_frame(secs(3600))).await {
+            Ok(Frame::Json(frame)) => frame,
+            other => return Err(format!("after {:?}: {other:?}", got.last())),
+        };
+        let seq = frame["data"]["seq"].as_u64();
+        let (Some(seq), true) = (seq, frame["op"] == "message" && frame["channel"] == channel)
+        else {
+            return Err(format!("after {:?}: {frame}", got.last()));
+        };
+        let n = frame["offset"].as_str().map(|o| Offset::parse(o).n);
+        got.push((seq, n));
+        if frame["data"]["fin"] == true {
+            return Ok(got);
+        }
+    }
+}
+
 /// Redis, a freezable proxy to it, and a ready gateway that subscribes through the proxy.
 async fn behind_proxy(rules: &str) -> (Redis, Proxy, Gateway) {
     let redis = Redis::start().await;
