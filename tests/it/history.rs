@@ -960,6 +960,58 @@ async fn redis_restart_without_persistence_is_a_gap_and_a_new_epoch() {
     assert_eq!(recoveries(&m), (0.0, 1.0), "{}", m.text);
 }
 
+/// Subscribing to history channels while Redis is down: the `ok` comes (nothing can be
+/// read, so a resume is not recovered), and once Redis is back a first subscriber is told
+/// with `gap` that it may have missed something, then gets the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_redis_is_down() {
+    let (mut redis, gw) = start_with_history("hist:*=100/5m").await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, "hist:b", 3).await;
+    redis.kill9();
+    gw.wait_readyz(503, secs(5)).await;
+
+    // `request` allows 5s for the reply.
+    let mut fresh = Client::connect(&gw.ws_url("")).await;
+    assert_eq!(fresh.subscribe(1, &["hist:a"]).await, ["hist:a"]);
+    let mut resumer = Client::connect(&gw.ws_url("")).await;
+    let since = log.acked[0].1.text.clone();
+    let reply = resumer
+        .subscribe_since(1, &["hist:b"], json!({"hist:b": since}))
+        .await;
+    assert_eq!(
+        reply["recovered"],
+        json!({"hist:b": false}),
+        "Redis is down: {reply}"
+    );
+
+    redis.restart().await;
+    gw.wait_ready(secs(10)).await;
+    let gap = next_json(&mut fresh, "the gap owed to a subscriber during the outage").await;
+    assert_eq!(gap, json!({"op": "gap", "channel": "hist:a"}));
+    wait_channels(&redis, &["hist:a", "hist:b"], secs(5)).await;
+    let a = eventually(
+        "FCALL herald_publish on the restarted Redis",
+        secs(5),
+        async || redis.try_herald_publish("hist:a", r#"{"seq":1}"#).await,
+    )
+    .await;
+    assert_eq!(
+        next_publication(&mut fresh, "hist:a").await.offset,
+        offset_of(a)
+    );
+    let b = offset_of(redis.herald_publish("hist:b", r#"{"seq":1}"#).await);
+    // Told `recovered: false` already; a `gap` on top of it is allowed, not required.
+    let mut frame = next_json(&mut resumer, "the live publication on hist:b").await;
+    if frame["op"] == "gap" {
+        frame = next_json(&mut resumer, "the live publication on hist:b").await;
+    }
+    let got = Received::from_frame(&frame, "hist:b").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.offset, b);
+    let m = gw.metrics().await;
+    assert_eq!(recoveries(&m), (0.0, 1.0), "{}", m.text);
+}
+
 /// A channel without history across a drop of the subscriber connection: each of its
 /// subscribers gets exactly one `gap`, then delivery resumes; a history channel held by
 /// one of them gets no gap.
