@@ -1012,6 +1012,30 @@ async fn subscribing_while_redis_is_down() {
     assert_eq!(recoveries(&m), (0.0, 1.0), "{}", m.text);
 }
 
+/// The function library removed from a running Redis (`FUNCTION FLUSH`, no restart, no
+/// dropped connection): Herald finds it missing and loads it again, so publishers can go
+/// on, and the history kept in the keys goes on with the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_library_is_loaded_again_when_flushed() {
+    const CHANNEL: &str = "hist:lib";
+    let (redis, gw) = start_with_history("hist:*=100/5m").await;
+    let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let first = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":1}"#).await);
+    assert_eq!(next_publication(&mut client, CHANNEL).await.offset, first);
+
+    redis.raw(&["FUNCTION", "FLUSH"]).await;
+    let again = eventually(
+        "FCALL herald_publish to work again after FUNCTION FLUSH",
+        secs(5),
+        async || redis.try_herald_publish(CHANNEL, r#"{"seq":2}"#).await,
+    )
+    .await;
+    let second = offset_of(again);
+    assert_eq!((&second.epoch, second.n), (&first.epoch, 2));
+    assert_eq!(next_publication(&mut client, CHANNEL).await.offset, second);
+}
+
 /// A channel without history across a drop of the subscriber connection: each of its
 /// subscribers gets exactly one `gap`, then delivery resumes; a history channel held by
 /// one of them gets no gap.
