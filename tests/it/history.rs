@@ -664,11 +664,16 @@ async fn lagged_is_recovered_by_subscribing_again_with_since() {
     const BURST: usize = 400;
     const PAD: usize = 48 * 1024;
     let redis = Redis::start().await;
+    // Default Redis timings: the resume reads ~18 MB of history, which a debug build on a
+    // busy host may not read within FAST_REDIS's 1s (the `ok` then says not recovered).
     let args = [
-        &history_args("big:*=1000/5m")[..],
-        &["--queue-capacity", "8", "--write-timeout", "60s"],
-    ]
-    .concat();
+        "--history",
+        "big:*=1000/5m",
+        "--queue-capacity",
+        "8",
+        "--write-timeout",
+        "60s",
+    ];
     let gw = Gateway::start(&redis.url(), &args).await;
     gw.wait_ready(secs(10)).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
