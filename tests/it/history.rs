@@ -1088,7 +1088,7 @@ async fn a_channel_without_history_gets_one_gap_per_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publications_lost_in_a_silent_drop_are_gap_filled() {
     const CHANNEL: &str = "hist:silent";
-    let (redis, proxy, gw) = behind_proxy("hist:*=100/5m").await;
+    let (redis, proxy, gw) = behind_proxy("hist:*=100/5m", &[]).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
     wait_channels(&redis, &[CHANNEL], secs(5)).await;
     let mut log = PublishLog::default();
@@ -1116,12 +1116,54 @@ async fn publications_lost_in_a_silent_drop_are_gap_filled() {
     );
 }
 
+/// A silent drop that misses more kept publications than a channel's queue holds
+/// (`--queue-capacity`): the fill still hands every subscriber all of them, in order,
+/// without `lagged`, to a client that reads as fast as it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_larger_than_the_queue_reaches_every_subscriber() {
+    const CHANNEL: &str = "hist:many";
+    const MISSED: usize = 500;
+    let (redis, proxy, gw) = behind_proxy("hist:*=5000/5m", &["--queue-capacity", "64"]).await;
+    let query = format!("channels={CHANNEL}");
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let client = Client::connect(&gw.ws_url(&query)).await;
+        readers.push(tokio::spawn(read_until_fin(client, CHANNEL)));
+    }
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, CHANNEL, 10).await;
+
+    silent_outage(&proxy, &gw, async || {
+        log.publish_many(&redis, CHANNEL, MISSED).await
+    })
+    .await;
+    let fin = json!({"seq": log.next_seq, "fin": true}).to_string();
+    let offset = offset_of(redis.herald_publish(CHANNEL, fin).await);
+    log.acked.push((log.next_seq, offset));
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader
+            .await
+            .expect("reader task")
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        check_exactly_once(&got, &log, 1).unwrap_or_else(|e| panic!("client {i}: {e}"));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value("herald_gapfill_publications_total", &[]),
+        MISSED as f64,
+        "{}",
+        m.text
+    );
+}
+
 /// The same silent drop on a channel whose history is shorter than what was missed: the
 /// subscriber gets one `gap`, then the live stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_shorter_than_the_outage_is_a_gap() {
     const CHANNEL: &str = "tiny:silent";
-    let (redis, proxy, gw) = behind_proxy("tiny:*=3/5m").await;
+    let (redis, proxy, gw) = behind_proxy("tiny:*=3/5m", &[]).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
     wait_channels(&redis, &[CHANNEL], secs(5)).await;
     let mut log = PublishLog::default();
@@ -1163,12 +1205,16 @@ async fn history_shorter_than_the_outage_is_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_kept_publications_keep_their_order_across_a_fill() {
     const CHANNEL: &str = "hist:mixed";
-    let (redis, proxy, gw) = behind_proxy("hist:*=5000/5m").await;
+    // Thousands are filled after the outage at this pace: more than a channel's default
+    // queue holds, which is not what this test is about.
+    let (redis, proxy, gw) = behind_proxy("hist:*=20000/5m", &["--queue-capacity", "16384"]).await;
     let client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
     let reader = tokio::spawn(read_mixed_until_fin(client, CHANNEL));
     wait_channels(&redis, &[CHANNEL], secs(5)).await;
 
-    // Alternately kept and plain, `seq` counting up, each after the previous was accepted.
+    // Alternately kept and plain, `seq` counting up, in pipelined bursts of 10 (one
+    // connection, so Redis runs them in order) every 2ms, the next burst after the last
+    // was accepted.
     let stop = CancellationToken::new();
     let (seq_tx, mut published) = watch::channel(0u64);
     let publisher = tokio::spawn({
@@ -1182,27 +1228,28 @@ async fn plain_and_kept_publications_keep_their_order_across_a_fill() {
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             while !stop.is_cancelled() {
                 tick.tick().await;
-                seq += 1;
-                let payload = json!({"seq": seq}).to_string();
-                let mut cmd = if seq % 2 == 0 {
-                    redis::cmd("PUBLISH")
-                } else {
-                    let mut fcall = redis::cmd("FCALL");
-                    fcall.arg("herald_publish").arg(1);
-                    fcall
-                };
-                cmd.arg(CHANNEL).arg(payload);
-                let _: redis::Value = cmd.query_async(&mut conn).await.expect("publish");
+                let mut pipe = redis::pipe();
+                for _ in 0..10 {
+                    seq += 1;
+                    let payload = json!({"seq": seq}).to_string();
+                    if seq % 2 == 0 {
+                        pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload);
+                    } else {
+                        let fcall = pipe.cmd("FCALL").arg("herald_publish").arg(1);
+                        fcall.arg(CHANNEL).arg(payload);
+                    }
+                }
+                let _: redis::Value = pipe.query_async(&mut conn).await.expect("publish");
                 seq_tx.send_replace(seq);
             }
             seq
         }
     });
-    wait_published(&mut published, 100).await;
+    wait_published(&mut published, 500).await;
     silent_outage(&proxy, &gw, async || {}).await;
     // Publications go on across the reconnect and the fill, then a while after it.
     let ready_at = *published.borrow();
-    wait_published(&mut published, ready_at + 150).await;
+    wait_published(&mut published, ready_at + 1000).await;
     stop.cancel();
     let last = publisher.await.expect("publisher");
     let fin = json!({"seq": last + 1, "fin": true}).to_string();
@@ -1263,11 +1310,13 @@ async fn read_mixed_until_fin(
     }
 }
 
-/// Redis, a freezable proxy to it, and a ready gateway that subscribes through the proxy.
-async fn behind_proxy(rules: &str) -> (Redis, Proxy, Gateway) {
+/// Redis, a freezable proxy to it, and a ready gateway with `extra` flags that subscribes
+/// through the proxy.
+async fn behind_proxy(rules: &str, extra: &[&str]) -> (Redis, Proxy, Gateway) {
     let redis = Redis::start().await;
     let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let gw = Gateway::start(&proxy.url(), &history_args(rules)).await;
+    let args = [&history_args(rules)[..], extra].concat();
+    let gw = Gateway::start(&proxy.url(), &args).await;
     gw.wait_ready(secs(10)).await;
     (redis, proxy, gw)
 }
