@@ -366,6 +366,293 @@ async fn resume_on_another_instance_while_publishing() {
     assert_eq!(recoveries(&m), (2.0, 0.0), "B: {}", m.text);
 }
 
+/// Resumes on an instance that is receiving the channel live while publications keep
+/// coming: one from just behind (what the instance still holds in memory), one from
+/// further back than the instance keeps (a Redis read joined to the live stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_where_the_channel_is_live_while_publishing() {
+    const CHANNEL: &str = "live:1";
+    /// More than the instance keeps of a channel in memory (--queue-capacity, default
+    /// 1024); history keeps 5000.
+    const FAR: usize = 1300;
+    let (redis, gw) = start_with_history("live:*=5000/5m").await;
+    let query = format!("channels={CHANNEL}");
+    let holder = Client::connect(&gw.ws_url(&query)).await;
+    let holder = tokio::spawn(read_until_fin(holder, CHANNEL));
+    let mut far = Client::connect(&gw.ws_url(&query)).await;
+    let mut near = Client::connect(&gw.ws_url(&query)).await;
+
+    let mut publisher = Publisher::spawn(&redis, CHANNEL, 0, Pace::steady());
+    let far_left = read_n(&mut far, CHANNEL, 100).await;
+    far.close().await;
+    // Reading, near keeps up with the stream while far's position falls out of memory.
+    let near_left = read_n(&mut near, CHANNEL, far_left.n as usize + FAR).await;
+    near.close().await;
+
+    // Several resumes from far back: the seam between the Redis read and the stream is
+    // crossed while publications keep arriving, whatever the timing of each.
+    let mut resumed = Vec::new();
+    let mid_left = Offset::parse(&format!("{}:{}", near_left.epoch, near_left.n - 1000));
+    let far_ones = (1..=10).map(|i| (format!("far {i}"), &far_left));
+    let mid_ones = (1..=5).map(|i| (format!("mid {i}"), &mid_left));
+    for (who, left) in [("near".to_owned(), &near_left)]
+        .into_iter()
+        .chain(mid_ones)
+        .chain(far_ones)
+    {
+        let mut client = Client::connect(&gw.ws_url("")).await;
+        let reply = client
+            .subscribe_since(1, &[CHANNEL], json!({CHANNEL: left.text}))
+            .await;
+        assert_eq!(
+            reply["recovered"],
+            json!({CHANNEL: true}),
+            "{who}, from {}: {reply}",
+            left.text
+        );
+        resumed.push((who, left.n, tokio::spawn(read_until_fin(client, CHANNEL))));
+    }
+    publisher.wait_acked(near_left.n as usize + 300).await;
+    let log = publisher.finish(&redis).await;
+
+    let got = holder.await.expect("reader task");
+    check_exactly_once(&got.unwrap_or_else(|e| panic!("holder: {e}")), &log, 1)
+        .unwrap_or_else(|e| panic!("holder: {e}"));
+    for (who, left, reader) in resumed {
+        let got = reader
+            .await
+            .expect("reader task")
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        check_exactly_once(&got, &log, left + 1)
+            .unwrap_or_else(|e| panic!("{who}, resumed after n={left}: {e}"));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(recoveries(&m), (16.0, 0.0), "{}", m.text);
+}
+
+/// One subscribe resumes several channels at once, each answered on its own; a channel
+/// named without `since` just starts live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscribe_resumes_several_channels() {
+    let (redis, gw) = start_with_history("multi:*=5/5m").await;
+    let mut logs: HashMap<&str, PublishLog> = HashMap::new();
+    for channel in ["multi:a", "multi:b", "multi:c", "multi:d"] {
+        let log = logs.entry(channel).or_default();
+        log.publish_many(&redis, channel, 10).await;
+    }
+    let at = |channel: &str, n: u64| {
+        let (_, offset) = &logs[channel].acked[n as usize - 1];
+        offset.text.clone()
+    };
+    let ahead = {
+        let last = &logs["multi:c"].acked[9].1;
+        format!("{}:{}", last.epoch, last.n + 5)
+    };
+    let mut client = Client::connect(&gw.ws_url("")).await;
+    let reply = client
+        .subscribe_since(
+            1,
+            &["multi:a", "multi:b", "multi:c", "multi:d"],
+            // a: covered (history keeps 6..=10); b: too old; c: an offset this history
+            // never reached (Redis restored from an older copy); d: no since.
+            json!({"multi:a": at("multi:a", 7), "multi:b": at("multi:b", 2), "multi:c": ahead}),
+        )
+        .await;
+    assert_eq!(
+        reply["recovered"],
+        json!({"multi:a": true, "multi:b": false, "multi:c": false}),
+        "{reply}"
+    );
+    assert_eq!(
+        crate::support::client::sorted_names(&reply["channels"]),
+        ["multi:a", "multi:b", "multi:c", "multi:d"]
+    );
+    // Only a replays: 8, 9, 10.
+    for n in 8..=10 {
+        let got = next_publication(&mut client, "multi:a").await;
+        assert_eq!(got.offset.n, n, "the replay of multi:a");
+    }
+    for channel in ["multi:a", "multi:b", "multi:c", "multi:d"] {
+        let log = logs.get_mut(channel).expect("a log");
+        log.publish_many(&redis, channel, 1).await;
+        let got = next_publication(&mut client, channel).await;
+        assert_eq!(got.offset.n, 11, "{channel}: live after the ok");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(recoveries(&m), (1.0, 2.0), "{}", m.text);
+}
+
+/// History rules match the client's channel name; the function is called with the Redis
+/// channel (prefix + name), and the resume works on the client's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_under_a_channel_prefix() {
+    let redis = Redis::start().await;
+    let args = [
+        &history_args("chat:*=100/5m")[..],
+        &["--channel-prefix", "app:"],
+    ]
+    .concat();
+    let gw = Gateway::start(&redis.url(), &args).await;
+    gw.wait_ready(secs(10)).await;
+    let mut client = Client::connect(&gw.ws_url("channels=chat:1")).await;
+    wait_channels(&redis, &["app:chat:1"], secs(5)).await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, "app:chat:1", 3).await;
+    let first = read_n_publications(&mut client, "chat:1", 3).await;
+    check_exactly_once(&first, &log, 1).unwrap_or_else(|e| panic!("live: {e}"));
+    assert_eq!(
+        redis.herald_publish("chat:1", r#"{"seq":99}"#).await,
+        None,
+        "without the prefix it is not a history channel (plain PUBLISH to nobody)"
+    );
+
+    let mut resumer = Client::connect(&gw.ws_url("")).await;
+    let reply = resumer
+        .subscribe_since(1, &["chat:1"], json!({"chat:1": first[0].offset.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({"chat:1": true}), "{reply}");
+    let got = read_n_publications(&mut resumer, "chat:1", 2).await;
+    check_exactly_once(&got, &log, 2).unwrap_or_else(|e| panic!("replay: {e}"));
+}
+
+/// Each kept publication lives at most TTL: a resume from before publications that
+/// expired is not recovered. (The wait is the TTL itself: time passing is what is tested.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_history_is_not_recovered() {
+    let (redis, gw) = start_with_history("brief:*=100/1s").await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, "brief:1", 3).await;
+    let first = log.acked[0].1.text.clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    log.publish_many(&redis, "brief:1", 1).await;
+
+    let mut client = Client::connect(&gw.ws_url("")).await;
+    let reply = client
+        .subscribe_since(1, &["brief:1"], json!({"brief:1": first}))
+        .await;
+    assert_eq!(
+        reply["recovered"],
+        json!({"brief:1": false}),
+        "n=2 and n=3 expired: {reply}"
+    );
+    // The entry younger than TTL is still there.
+    let mut fresh = Client::connect(&gw.ws_url("")).await;
+    let from = log.acked[2].1.text.clone();
+    let reply = fresh
+        .subscribe_since(1, &["brief:1"], json!({"brief:1": from}))
+        .await;
+    assert_eq!(reply["recovered"], json!({"brief:1": true}), "{reply}");
+    assert_eq!(next_publication(&mut fresh, "brief:1").await.offset.n, 4);
+}
+
+/// Subscribing (without `since`) to a channel in the middle of a steady stream: from its
+/// first publication on, the client gets every one, in order, whether it is the
+/// channel's first subscriber on the instance or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_mid_stream_gets_a_dense_stream_from_the_first_frame() {
+    const CHANNEL: &str = "mid:1";
+    let (redis, gw) = start_with_history("mid:*=5000/5m").await;
+    let mut publisher = Publisher::spawn(&redis, CHANNEL, 0, Pace::steady());
+    let mut readers = Vec::new();
+    for round in 1..=4 {
+        publisher.wait_acked(round * 100).await;
+        let mut client = Client::connect(&gw.ws_url("")).await;
+        // Round 1 is the instance's first subscriber; then the channel is live here.
+        client.subscribe(1, &[CHANNEL]).await;
+        readers.push((round, tokio::spawn(read_until_fin(client, CHANNEL))));
+    }
+    publisher.wait_acked(600).await;
+    let log = publisher.finish(&redis).await;
+    for (round, reader) in readers {
+        let got = reader
+            .await
+            .expect("reader task")
+            .unwrap_or_else(|e| panic!("subscriber {round}: {e}"));
+        let first = got[0].offset.n;
+        check_exactly_once(&got, &log, first)
+            .unwrap_or_else(|e| panic!("subscriber {round}, from n={first}: {e}"));
+    }
+}
+
+/// Unsubscribing and subscribing again with `since` on the same connection, while
+/// publications go on: what went by in between, then the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_then_resume_on_the_same_connection() {
+    const CHANNEL: &str = "again:1";
+    let (redis, gw) = start_with_history("again:*=5000/5m").await;
+    let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    let mut publisher = Publisher::spawn(&redis, CHANNEL, 0, Pace::steady());
+    let left = read_n(&mut client, CHANNEL, 50).await;
+    // Publications already queued may come before the unsubscribe's `ok`.
+    client
+        .send_json(json!({"op": "unsubscribe", "id": 1, "channels": [CHANNEL]}))
+        .await;
+    loop {
+        let frame = next_json(&mut client, "the unsubscribe's ok").await;
+        if frame["op"] == "ok" {
+            assert_eq!(frame, json!({"op": "ok", "id": 1, "channels": []}));
+            break;
+        }
+        Received::from_frame(&frame, CHANNEL).unwrap_or_else(|e| panic!("{e}"));
+    }
+    publisher.wait_acked(left.n as usize + 200).await;
+    let reply = client
+        .subscribe_since(2, &[CHANNEL], json!({CHANNEL: left.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({CHANNEL: true}), "{reply}");
+    let reader = tokio::spawn(read_until_fin(client, CHANNEL));
+    publisher.wait_acked(left.n as usize + 400).await;
+    let log = publisher.finish(&redis).await;
+    let got = reader
+        .await
+        .expect("reader task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_exactly_once(&got, &log, left.n + 1)
+        .unwrap_or_else(|e| panic!("resumed after n={}: {e}", left.n));
+}
+
+/// A replayed publication is the frame the live one was: JSON embedded, UTF-8 text as a
+/// string, other bytes as base64, each with its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_frames_equal_the_live_ones() {
+    const CHANNEL: &str = "enc:1";
+    let (redis, gw) = start_with_history("enc:*=100/5m").await;
+    let mut live = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let start = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":0}"#).await);
+    let payloads: [&[u8]; 5] = [
+        br#"{"nested":{"a":[1,2,3]},"s":"\u00e9"}"#,
+        "plain text, not JSON: é".as_bytes(),
+        &[0xff, 0x00, 0x01, 0x80],
+        b"",
+        b"42",
+    ];
+    let mut offsets = Vec::new();
+    for payload in payloads {
+        offsets.push(offset_of(redis.herald_publish(CHANNEL, payload).await));
+    }
+    next_json(&mut live, "the start marker").await;
+    let mut frames = Vec::new();
+    for (payload, offset) in payloads.iter().zip(&offsets) {
+        let frame = next_json(&mut live, "a live frame").await;
+        assert_eq!(frame["offset"], offset.text.as_str(), "{frame}");
+        assert_eq!(frame["channel"], CHANNEL, "{frame}");
+        frames.push((String::from_utf8_lossy(payload).into_owned(), frame));
+    }
+    assert_eq!(frames[2].1["encoding"], "base64", "{}", frames[2].1);
+    assert_eq!(frames[2].1["data"], "/wABgA==", "{}", frames[2].1);
+
+    let mut resumer = Client::connect(&gw.ws_url("")).await;
+    let reply = resumer
+        .subscribe_since(1, &[CHANNEL], json!({CHANNEL: start.text}))
+        .await;
+    assert_eq!(reply["recovered"], json!({CHANNEL: true}), "{reply}");
+    for (payload, live_frame) in &frames {
+        let replayed = next_json(&mut resumer, "a replayed frame").await;
+        assert_eq!(&replayed, live_frame, "payload {payload:?}");
+    }
+}
+
 /// A client that fell behind on a history channel and got `lagged` unsubscribes and
 /// subscribes again with `since` its last offset: it gets back exactly what was dropped,
 /// then the live stream (contract 1.1, "Offsets and resume").
@@ -377,14 +664,16 @@ async fn lagged_is_recovered_by_subscribing_again_with_since() {
     const BURST: usize = 400;
     const PAD: usize = 48 * 1024;
     let redis = Redis::start().await;
-    // The resume reads ~18 MB of history back (each entry decoded and encoded once): in
-    // a debug build beside the other tests that took over the default 5s deadline.
+    // Default Redis timings: the resume reads ~18 MB of history, which a debug build on a
+    // busy host may not read within FAST_REDIS's 1s (the `ok` then says not recovered).
     let args = [
-        &history_args("big:*=1000/5m")[..],
-        &["--queue-capacity", "8", "--write-timeout", "60s"],
-        &["--redis-timeout", "30s"],
-    ]
-    .concat();
+        "--history",
+        "big:*=1000/5m",
+        "--queue-capacity",
+        "8",
+        "--write-timeout",
+        "60s",
+    ];
     let gw = Gateway::start(&redis.url(), &args).await;
     gw.wait_ready(secs(10)).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
@@ -462,6 +751,60 @@ async fn lagged_is_recovered_by_subscribing_again_with_since() {
     );
     let m = gw.metrics().await;
     assert_eq!(recoveries(&m), (1.0, 0.0), "{}", m.text);
+}
+
+/// A history rule that cannot work stops Herald at start, naming the rule, whether it comes
+/// from HERALD_HISTORY or the flag; it never starts listening with half its rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_history_rules_stop_herald_at_start() {
+    let cases = [
+        ("chat:*=0/5m", "size 0"),
+        ("chat:*=100001/5m", "size above 100000"),
+        ("chat:*=300", "no TTL"),
+        ("chat:*=300/0s", "TTL under 1s"),
+        ("chat:*=300/soon", "TTL not a duration"),
+        ("chat:*", "no limits"),
+    ];
+    for (rules, what) in cases {
+        for by_env in [true, false] {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+            command
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--redis-url",
+                    "redis://127.0.0.1:1/",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            if by_env {
+                command.env("HERALD_HISTORY", rules);
+            } else {
+                command.args(["--history", rules]);
+            }
+            let child = command.spawn().expect("spawn herald");
+            let out = tokio::time::timeout(
+                secs(10),
+                tokio::task::spawn_blocking(move || child.wait_with_output()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{what} ({rules:?}): herald still runs after 10s"))
+            .expect("join")
+            .expect("herald's output");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && !stderr.contains("listening"),
+                "{what} ({rules:?}, env: {by_env}): {}\n{stderr}",
+                out.status
+            );
+            assert!(
+                stderr.contains(rules) || stderr.to_lowercase().contains("history"),
+                "{what} ({rules:?}, env: {by_env}): the error names neither the rule nor \
+                 the setting:\n{stderr}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -622,6 +965,82 @@ async fn redis_restart_without_persistence_is_a_gap_and_a_new_epoch() {
     assert_eq!(recoveries(&m), (0.0, 1.0), "{}", m.text);
 }
 
+/// Subscribing to history channels while Redis is down: the `ok` comes (nothing can be
+/// read, so a resume is not recovered), and once Redis is back a first subscriber is told
+/// with `gap` that it may have missed something, then gets the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_redis_is_down() {
+    let (mut redis, gw) = start_with_history("hist:*=100/5m").await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, "hist:b", 3).await;
+    redis.kill9();
+    gw.wait_readyz(503, secs(5)).await;
+
+    // `request` allows 5s for the reply.
+    let mut fresh = Client::connect(&gw.ws_url("")).await;
+    assert_eq!(fresh.subscribe(1, &["hist:a"]).await, ["hist:a"]);
+    let mut resumer = Client::connect(&gw.ws_url("")).await;
+    let since = log.acked[0].1.text.clone();
+    let reply = resumer
+        .subscribe_since(1, &["hist:b"], json!({"hist:b": since}))
+        .await;
+    assert_eq!(
+        reply["recovered"],
+        json!({"hist:b": false}),
+        "Redis is down: {reply}"
+    );
+
+    redis.restart().await;
+    gw.wait_ready(secs(10)).await;
+    let gap = next_json(&mut fresh, "the gap owed to a subscriber during the outage").await;
+    assert_eq!(gap, json!({"op": "gap", "channel": "hist:a"}));
+    wait_channels(&redis, &["hist:a", "hist:b"], secs(5)).await;
+    let a = eventually(
+        "FCALL herald_publish on the restarted Redis",
+        secs(5),
+        async || redis.try_herald_publish("hist:a", r#"{"seq":1}"#).await,
+    )
+    .await;
+    assert_eq!(
+        next_publication(&mut fresh, "hist:a").await.offset,
+        offset_of(a)
+    );
+    let b = offset_of(redis.herald_publish("hist:b", r#"{"seq":1}"#).await);
+    // Told `recovered: false` already; a `gap` on top of it is allowed, not required.
+    let mut frame = next_json(&mut resumer, "the live publication on hist:b").await;
+    if frame["op"] == "gap" {
+        frame = next_json(&mut resumer, "the live publication on hist:b").await;
+    }
+    let got = Received::from_frame(&frame, "hist:b").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.offset, b);
+    let m = gw.metrics().await;
+    assert_eq!(recoveries(&m), (0.0, 1.0), "{}", m.text);
+}
+
+/// The function library removed from a running Redis (`FUNCTION FLUSH`, no restart, no
+/// dropped connection): Herald finds it missing and loads it again, so publishers can go
+/// on, and the history kept in the keys goes on with the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_library_is_loaded_again_when_flushed() {
+    const CHANNEL: &str = "hist:lib";
+    let (redis, gw) = start_with_history("hist:*=100/5m").await;
+    let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let first = offset_of(redis.herald_publish(CHANNEL, r#"{"seq":1}"#).await);
+    assert_eq!(next_publication(&mut client, CHANNEL).await.offset, first);
+
+    redis.raw(&["FUNCTION", "FLUSH"]).await;
+    let again = eventually(
+        "FCALL herald_publish to work again after FUNCTION FLUSH",
+        secs(5),
+        async || redis.try_herald_publish(CHANNEL, r#"{"seq":2}"#).await,
+    )
+    .await;
+    let second = offset_of(again);
+    assert_eq!((&second.epoch, second.n), (&first.epoch, 2));
+    assert_eq!(next_publication(&mut client, CHANNEL).await.offset, second);
+}
+
 /// A channel without history across a drop of the subscriber connection: each of its
 /// subscribers gets exactly one `gap`, then delivery resumes; a history channel held by
 /// one of them gets no gap.
@@ -669,7 +1088,7 @@ async fn a_channel_without_history_gets_one_gap_per_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publications_lost_in_a_silent_drop_are_gap_filled() {
     const CHANNEL: &str = "hist:silent";
-    let (redis, proxy, gw) = behind_proxy("hist:*=100/5m").await;
+    let (redis, proxy, gw) = behind_proxy("hist:*=100/5m", &[]).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
     wait_channels(&redis, &[CHANNEL], secs(5)).await;
     let mut log = PublishLog::default();
@@ -697,12 +1116,54 @@ async fn publications_lost_in_a_silent_drop_are_gap_filled() {
     );
 }
 
+/// A silent drop that misses more kept publications than a channel's queue holds
+/// (`--queue-capacity`): the fill still hands every subscriber all of them, in order,
+/// without `lagged`, to a client that reads as fast as it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_larger_than_the_queue_reaches_every_subscriber() {
+    const CHANNEL: &str = "hist:many";
+    const MISSED: usize = 500;
+    let (redis, proxy, gw) = behind_proxy("hist:*=5000/5m", &["--queue-capacity", "64"]).await;
+    let query = format!("channels={CHANNEL}");
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let client = Client::connect(&gw.ws_url(&query)).await;
+        readers.push(tokio::spawn(read_until_fin(client, CHANNEL)));
+    }
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+    let mut log = PublishLog::default();
+    log.publish_many(&redis, CHANNEL, 10).await;
+
+    silent_outage(&proxy, &gw, async || {
+        log.publish_many(&redis, CHANNEL, MISSED).await
+    })
+    .await;
+    let fin = json!({"seq": log.next_seq, "fin": true}).to_string();
+    let offset = offset_of(redis.herald_publish(CHANNEL, fin).await);
+    log.acked.push((log.next_seq, offset));
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader
+            .await
+            .expect("reader task")
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        check_exactly_once(&got, &log, 1).unwrap_or_else(|e| panic!("client {i}: {e}"));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value("herald_gapfill_publications_total", &[]),
+        MISSED as f64,
+        "{}",
+        m.text
+    );
+}
+
 /// The same silent drop on a channel whose history is shorter than what was missed: the
 /// subscriber gets one `gap`, then the live stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_shorter_than_the_outage_is_a_gap() {
     const CHANNEL: &str = "tiny:silent";
-    let (redis, proxy, gw) = behind_proxy("tiny:*=3/5m").await;
+    let (redis, proxy, gw) = behind_proxy("tiny:*=3/5m", &[]).await;
     let mut client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
     wait_channels(&redis, &[CHANNEL], secs(5)).await;
     let mut log = PublishLog::default();
@@ -737,11 +1198,125 @@ async fn history_shorter_than_the_outage_is_a_gap() {
     assert_eq!(m.value("herald_gaps_total", &[]), 1.0, "{}", m.text);
 }
 
-/// Redis, a freezable proxy to it, and a ready gateway that subscribes through the proxy.
-async fn behind_proxy(rules: &str) -> (Redis, Proxy, Gateway) {
+/// Kept and plain publications mixed on one history channel across a silent drop: the
+/// kept ones missed are filled from history, and everything reaches the client in the
+/// order Redis delivered it (a plain publication never overtakes kept ones held while
+/// the fill reads history). Plain ones published while Herald was cut off may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_kept_publications_keep_their_order_across_a_fill() {
+    const CHANNEL: &str = "hist:mixed";
+    // Thousands are filled after the outage at this pace: more than a channel's default
+    // queue holds, which is not what this test is about.
+    let (redis, proxy, gw) = behind_proxy("hist:*=20000/5m", &["--queue-capacity", "16384"]).await;
+    let client = Client::connect(&gw.ws_url(&format!("channels={CHANNEL}"))).await;
+    let reader = tokio::spawn(read_mixed_until_fin(client, CHANNEL));
+    wait_channels(&redis, &[CHANNEL], secs(5)).await;
+
+    // Alternately kept and plain, `seq` counting up, in pipelined bursts of 10 (one
+    // connection, so Redis runs them in order) every 2ms, the next burst after the last
+    // was accepted.
+    let stop = CancellationToken::new();
+    let (seq_tx, mut published) = watch::channel(0u64);
+    let publisher = tokio::spawn({
+        let (client, stop) = (redis::Client::open(redis.url()).expect("url"), stop.clone());
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("publisher's connection");
+            let mut seq = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let mut pipe = redis::pipe();
+                for _ in 0..10 {
+                    seq += 1;
+                    let payload = json!({"seq": seq}).to_string();
+                    if seq % 2 == 0 {
+                        pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload);
+                    } else {
+                        let fcall = pipe.cmd("FCALL").arg("herald_publish").arg(1);
+                        fcall.arg(CHANNEL).arg(payload);
+                    }
+                }
+                let _: redis::Value = pipe.query_async(&mut conn).await.expect("publish");
+                seq_tx.send_replace(seq);
+            }
+            seq
+        }
+    });
+    wait_published(&mut published, 500).await;
+    silent_outage(&proxy, &gw, async || {}).await;
+    // Publications go on across the reconnect and the fill, then a while after it.
+    let ready_at = *published.borrow();
+    wait_published(&mut published, ready_at + 1000).await;
+    stop.cancel();
+    let last = publisher.await.expect("publisher");
+    let fin = json!({"seq": last + 1, "fin": true}).to_string();
+    let fin_offset = offset_of(redis.herald_publish(CHANNEL, fin).await);
+
+    let got = reader
+        .await
+        .expect("reader")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+    if let Some(at) = seqs.windows(2).position(|w| w[1] <= w[0]) {
+        panic!(
+            "out of Redis's order at position {at}: {:?}",
+            &got[at.saturating_sub(5)..(at + 5).min(got.len())]
+        );
+    }
+    let kept: Vec<u64> = got.iter().filter_map(|(_, n)| *n).collect();
+    let dense = (1..=fin_offset.n).collect::<Vec<_>>();
+    assert_eq!(kept, dense, "every kept publication once, in order");
+    let m = gw.metrics().await;
+    assert!(
+        m.value("herald_gapfill_publications_total", &[]) > 0.0,
+        "nothing was filled: the outage lost no kept publication\n{}",
+        m.text
+    );
+}
+
+async fn wait_published(published: &mut watch::Receiver<u64>, seq: u64) {
+    let reached = tokio::time::timeout(secs(10), published.wait_for(|s| *s >= seq)).await;
+    assert!(
+        reached.is_ok_and(|r| r.is_ok()),
+        "the publisher never reached seq {seq}"
+    );
+}
+
+/// Reads messages, kept (with offset) and plain, until the one marked `fin`; returns
+/// (seq, offset number) of each in arrival order. Any other frame is an error.
+async fn read_mixed_until_fin(
+    mut client: Client,
+    channel: &str,
+) -> Result<Vec<(u64, Option<u64>)>, String> {
+    let mut got = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(secs(20), client.next_frame(secs(3600))).await {
+            Ok(Frame::Json(frame)) => frame,
+            other => return Err(format!("after {:?}: {other:?}", got.last())),
+        };
+        let seq = frame["data"]["seq"].as_u64();
+        let (Some(seq), true) = (seq, frame["op"] == "message" && frame["channel"] == channel)
+        else {
+            return Err(format!("after {:?}: {frame}", got.last()));
+        };
+        let n = frame["offset"].as_str().map(|o| Offset::parse(o).n);
+        got.push((seq, n));
+        if frame["data"]["fin"] == true {
+            return Ok(got);
+        }
+    }
+}
+
+/// Redis, a freezable proxy to it, and a ready gateway with `extra` flags that subscribes
+/// through the proxy.
+async fn behind_proxy(rules: &str, extra: &[&str]) -> (Redis, Proxy, Gateway) {
     let redis = Redis::start().await;
     let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let gw = Gateway::start(&proxy.url(), &history_args(rules)).await;
+    let args = [&history_args(rules)[..], extra].concat();
+    let gw = Gateway::start(&proxy.url(), &args).await;
     gw.wait_ready(secs(10)).await;
     (redis, proxy, gw)
 }
