@@ -88,6 +88,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             tls: redis_tls(&config)?,
             prefix: Prefix::new(config.channel_prefix.clone()),
             history: config.history.clone(),
+            history_timeout: config.history_timeout,
             probe_interval: config.redis_probe_interval,
             timeout: config.redis_timeout,
             backoff_base: config.redis_backoff_base,
@@ -108,7 +109,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         },
         write_timeout: config.write_timeout,
         drain_period: config.drain_period,
-        history_wait: config.redis_timeout,
+        history_wait: config.history_timeout,
         rate: session::RateSettings {
             per_second: NonZeroU32::new(config.rate_limit).unwrap_or(NonZeroU32::MIN),
             burst: NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN),

@@ -92,6 +92,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY", default_value = "", value_parser = history_rules)]
     pub history: Rules,
 
+    /// Longest a subscribe on a history channel waits for Redis before its `ok` (a first
+    /// subscriber's anchor, a resume's history read), and the deadline of each history
+    /// read. A resume reads up to SIZE publications at once.
+    #[arg(long, env = "HERALD_HISTORY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub history_timeout: Duration,
+
     /// How long a write to a client may stay blocked before the client is closed with
     /// 1008 `slow consumer`.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
@@ -226,6 +232,7 @@ impl Config {
             ("HERALD_REDIS_PROBE_INTERVAL", self.redis_probe_interval),
             ("HERALD_REDIS_TIMEOUT", self.redis_timeout),
             ("HERALD_REDIS_BACKOFF_BASE", self.redis_backoff_base),
+            ("HERALD_HISTORY_TIMEOUT", self.history_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {

@@ -90,6 +90,18 @@ pub enum Resume {
     NeedRedis,
 }
 
+/// How a history read joins the tape for a resume.
+#[derive(Debug)]
+pub enum Joined {
+    /// These frames first, then the tape from the cursor.
+    Yes(Vec<Frame>),
+    /// These frames (up to the number given) join nothing the tape still holds: read
+    /// again from there.
+    Behind(u64, Vec<Frame>),
+    /// History and the tape do not meet: not recovered.
+    Hole,
+}
+
 /// What a fill or anchor put on the tape.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Filled {
@@ -154,17 +166,17 @@ impl Tape {
             None => {
                 let items = items.into_iter();
                 let out = items.map(|(offset, frame)| Out::Frame(number(offset), frame));
-                self.put(&mut state, out)
+                self.put(&mut state, out, false)
             }
             Some(sequence) => {
                 let mut out = Vec::new();
                 for (offset, frame) in items {
                     match offset {
                         Some((epoch, n)) => sequence.live(epoch, n, frame, &mut out),
-                        None => out.push(Out::Frame(0, frame)),
+                        None => sequence.plain(frame, &mut out),
                     }
                 }
-                self.put(&mut state, out)
+                self.put(&mut state, out, false)
             }
         };
         frames * state.subscribers as u64
@@ -174,7 +186,7 @@ impl Tape {
     /// history, after the subscriber connection was lost); returns the `gap` frames sent.
     pub fn gap(self: &Arc<Self>) -> u64 {
         let mut state = self.lock();
-        let (_, gaps) = self.put(&mut state, vec![Out::Gap]);
+        let (_, gaps) = self.put(&mut state, vec![Out::Gap], false);
         gaps
     }
 
@@ -210,7 +222,7 @@ impl Tape {
             return Filled::default();
         };
         let publications = sequence.end_fill(read, &mut out);
-        let (_, gaps) = self.put(&mut state, out);
+        let (_, gaps) = self.put(&mut state, out, true);
         Filled { publications, gaps }
     }
 
@@ -221,7 +233,7 @@ impl Tape {
         if let Some(sequence) = &mut state.sequence {
             sequence.anchor(read, &mut out);
         }
-        let (_, gaps) = self.put(&mut state, out);
+        let (_, gaps) = self.put(&mut state, out, false);
         Filled {
             publications: 0,
             gaps,
@@ -252,8 +264,13 @@ impl Tape {
         let Some(next) = sequence.next().filter(|_| sequence.is_settled()) else {
             return Resume::NeedRedis;
         };
-        if sequence.epoch() != Some(&since.epoch) || since.n >= next {
+        if sequence.epoch() != Some(&since.epoch) {
             return Resume::NotRecovered;
+        }
+        if since.n >= next {
+            // Ahead of the tape: a forged offset, or publications still on their way on
+            // the subscriber connection. Only Redis can tell which.
+            return Resume::NeedRedis;
         }
         if since.n + 1 == next {
             return Resume::Recovered; // nothing missed: the cursor stays at the head
@@ -268,8 +285,16 @@ impl Tape {
             return Resume::NeedRedis; // older than the tape holds
         }
         match state.frames.iter().position(|e| e.number == wanted) {
+            // A frame about to fall off a full tape (a busy channel with a subscriber
+            // behind) would be dropped before the session reads it: read Redis instead,
+            // which puts the cursor near the newest.
+            Some(at)
+                if (at + self.capacity).saturating_sub(state.frames.len()) < self.capacity / 4 =>
+            {
+                Resume::NeedRedis
+            }
             Some(at) => {
-                self.rewind(&mut state, cursor, at, session, inbox);
+                self.place(&mut state, cursor, at, session, inbox);
                 Resume::Recovered
             }
             // Behind a gap: the numbers before it are not this history's.
@@ -278,8 +303,9 @@ impl Tape {
     }
 
     /// Completes a resume that needed Redis: `read` holds the entries after `since`.
-    /// When they reach the frames the tape holds, returns them (to be sent first) and
-    /// sets the cursor to the tape's first frame after them; `None`: not recovered.
+    /// All of them go first (to be sent right after the `ok`), and the cursor moves to the
+    /// tape's frame right after the last: close to the newest, so a busy channel's full
+    /// tape does not drop it before the session reads it.
     pub fn resume_with(
         self: &Arc<Self>,
         cursor: &mut Cursor,
@@ -287,40 +313,55 @@ impl Tape {
         inbox: &Arc<Inbox>,
         since: &Position,
         read: &Read,
-    ) -> Option<Vec<Frame>> {
+    ) -> Joined {
         let mut state = self.lock();
-        let sequence = state.sequence.as_ref()?;
-        let next = sequence.next()?;
+        let Some(sequence) = state.sequence.as_ref() else {
+            return Joined::Hole;
+        };
+        let Some(next) = sequence.next() else {
+            return Joined::Hole;
+        };
         if sequence.epoch() != Some(&since.epoch) || read.epoch.as_ref() != Some(&since.epoch) {
-            return None;
+            return Joined::Hole;
         }
-        // The tape's oldest numbered frame, or the next number when it holds none.
-        let oldest = state.frames.iter().position(|e| e.number != 0);
-        let resume_at = oldest.map_or(next, |at| state.frames[at].number);
+        if since.n > read.top {
+            return Joined::Hole; // an offset this history never reached
+        }
+        if since.n >= next {
+            // The tape has not received the client's last publication yet: ask again
+            // once it has.
+            return Joined::Behind(since.n, Vec::new());
+        }
         let mut frames = Vec::new();
         let mut last = since.n;
-        for (n, frame) in &read.entries {
-            if *n <= since.n || *n >= resume_at {
-                continue;
-            }
+        for (n, frame) in read.entries.iter().filter(|(n, _)| *n > since.n) {
             if *n != last + 1 {
-                return None;
+                return Joined::Hole;
             }
             frames.push(frame.clone());
             last = *n;
         }
-        if last + 1 != resume_at {
-            return None;
-        }
-        if let Some(at) = oldest {
-            self.rewind(&mut state, cursor, at, session, inbox);
-        }
-        Some(frames)
+        // Where the live stream takes over: the frame numbered `last + 1`, or the head
+        // when the tape has nothing newer yet. The read may also be ahead of the tape
+        // (publications still on their way on the subscriber connection): those come
+        // live, so the read gives only what precedes the tape's next.
+        let join = (last + 1).min(next);
+        frames.truncate((join - since.n - 1) as usize);
+        let at = match state.frames.iter().position(|e| e.number == join) {
+            Some(at) => at,
+            None if join == next => state.frames.len(),
+            // The tape moved on past the read (a session slow to take its answer): a
+            // second read from `last` can still join it.
+            None if read.top > since.n => return Joined::Behind(last, frames),
+            None => return Joined::Hole,
+        };
+        self.place(&mut state, cursor, at, session, inbox);
+        Joined::Yes(frames)
     }
 
-    /// Moves the cursor of a subscriber that had read everything back to `frames[at]`,
-    /// and tells it it has frames to read.
-    fn rewind(
+    /// Moves the cursor of a subscriber that has not read since it joined to `frames[at]`
+    /// (`frames.len()`: the head), and tells it when there is something to read.
+    fn place(
         self: &Arc<Self>,
         state: &mut State,
         cursor: &mut Cursor,
@@ -329,14 +370,24 @@ impl Tape {
         inbox: &Arc<Inbox>,
     ) {
         *cursor = state.first + at as u64;
-        if state.waiting.swap_remove(&session).is_some() {
+        if *cursor < state.head() && state.waiting.swap_remove(&session).is_some() {
             inbox.mark(self);
         }
     }
 
     /// Puts `out` on the tape in order, drops what exceeds the capacity and tells the
     /// waiting subscribers. Returns (publications appended, gap frames x subscribers).
-    fn put(self: &Arc<Self>, state: &mut State, out: impl IntoIterator<Item = Out>) -> (u64, u64) {
+    ///
+    /// A fill (`grow`) may take the tape past its capacity: after an outage longer than
+    /// the capacity, every subscriber would otherwise get the missed publications as
+    /// `lagged`. Later appends then drop no more than they add, so the excess goes as
+    /// publications come or once everyone has read it: never more than a history size.
+    fn put(
+        self: &Arc<Self>,
+        state: &mut State,
+        out: impl IntoIterator<Item = Out>,
+        grow: bool,
+    ) -> (u64, u64) {
         let (mut frames, mut gaps) = (0, 0);
         for item in out {
             let entry = match item {
@@ -362,7 +413,11 @@ impl Tape {
         if frames + gaps == 0 {
             return (0, 0);
         }
-        let over = state.frames.len().saturating_sub(self.capacity);
+        let added = (frames + gaps) as usize;
+        let over = match grow {
+            true => 0,
+            false => state.frames.len().saturating_sub(self.capacity).min(added),
+        };
         if over > 0 {
             state.frames.drain(..over);
             state.first += over as u64;
@@ -570,7 +625,7 @@ mod tests {
             Resume::Recovered
         );
         assert_eq!(current.read(&tape), (0, false));
-        // Older than it holds: only Redis can tell. Another epoch, or ahead: never.
+        // Older than it holds: only Redis can tell. Another epoch: never.
         let mut old = Reader::join(&tape, 4);
         assert_eq!(
             tape.resume(&mut old.cursor, 4, &old.inbox, &at(1)),
@@ -584,9 +639,10 @@ mod tests {
             tape.resume(&mut old.cursor, 4, &old.inbox, &other),
             Resume::NotRecovered
         );
+        // Ahead of the tape: Redis tells a forged offset from one still on its way.
         assert_eq!(
             tape.resume(&mut old.cursor, 4, &old.inbox, &at(9)),
-            Resume::NotRecovered
+            Resume::NeedRedis
         );
     }
 
@@ -610,23 +666,58 @@ mod tests {
                 .map(|(o, f)| (o.unwrap().1, f))
                 .collect(),
         };
-        let first = tape
-            .resume_with(&mut back.cursor, 2, &back.inbox, &at(1), &read)
-            .expect("recovered");
+        let Joined::Yes(first) = tape.resume_with(&mut back.cursor, 2, &back.inbox, &at(1), &read)
+        else {
+            panic!("not recovered");
+        };
         let first: Vec<&str> = first.iter().map(|f| f.as_str()).collect();
-        assert_eq!(first, ["2", "3", "4"], "what the tape no longer holds");
+        assert_eq!(first, ["2", "3", "4", "5", "6"], "the whole read first");
         back.read(&tape);
-        assert_eq!(texts(&back.out), ["5", "6", "7"]);
-        // A read that does not reach the tape's oldest frame cannot recover.
+        assert_eq!(
+            texts(&back.out),
+            ["7"],
+            "then the tape, from right after it"
+        );
+        // A read ahead of the tape (8 and 9 still on their way live): it gives only what
+        // precedes the tape's next, and the cursor waits at the head for the rest.
+        let ahead = Read {
+            epoch: Some("e".into()),
+            top: 9,
+            entries: kept(2..=9)
+                .into_iter()
+                .map(|(o, f)| (o.unwrap().1, f))
+                .collect(),
+        };
+        let mut early = Reader::join(&tape, 4);
+        let Joined::Yes(first) =
+            tape.resume_with(&mut early.cursor, 4, &early.inbox, &at(1), &ahead)
+        else {
+            panic!("not recovered");
+        };
+        assert_eq!(first.len(), 6, "2..=7");
+        tape.publish(kept([8, 9]));
+        early.read(&tape);
+        assert_eq!(texts(&early.out), ["8", "9"]);
+        // A read that ends before what the tape holds asks for a second read from its end;
+        // one with a hole in it cannot recover.
         let short = Read {
             epoch: Some("e".into()),
             top: 6,
             entries: vec![(2, Frame::from("2".to_string()))],
         };
         let mut other = Reader::join(&tape, 3);
-        assert!(tape
-            .resume_with(&mut other.cursor, 3, &other.inbox, &at(1), &short)
-            .is_none());
+        let joined = tape.resume_with(&mut other.cursor, 3, &other.inbox, &at(1), &short);
+        assert!(matches!(joined, Joined::Behind(2, _)), "{joined:?}");
+        let holed = Read {
+            epoch: Some("e".into()),
+            top: 6,
+            entries: vec![
+                (2, Frame::from("2".to_string())),
+                (4, Frame::from("4".to_string())),
+            ],
+        };
+        let joined = tape.resume_with(&mut other.cursor, 3, &other.inbox, &at(1), &holed);
+        assert!(matches!(joined, Joined::Hole), "{joined:?}");
     }
 
     #[test]
@@ -647,13 +738,10 @@ mod tests {
         };
         let filled = tape.end_fill(&read);
         let expected = Filled {
-            publications: 3,
+            publications: 2,
             gaps: 0,
         };
-        assert_eq!(
-            filled, expected,
-            "4 came from history; its live copy was dropped"
-        );
+        assert_eq!(filled, expected, "4 arrived live: history supplies 2 and 3");
         reader.read(&tape);
         assert_eq!(texts(&reader.out), ["1", "2", "3", "4", "5"]);
     }

@@ -8,8 +8,6 @@
 //! history, each number once (Centrifuge's merge, research notes 1.4, done per channel
 //! for all local subscribers instead of per client).
 
-use std::collections::BTreeMap;
-
 use super::offset::Epoch;
 use crate::payload::Frame;
 
@@ -37,8 +35,9 @@ pub struct Sequence {
     epoch: Option<Epoch>,
     /// The number expected next; `None` until anchored (by a read or a first publication).
     next: Option<u64>,
-    /// Live publications that arrived during a fill, by number.
-    held: BTreeMap<u64, (Epoch, Frame)>,
+    /// Live publications that arrived during a fill, kept and plain alike, in Redis's
+    /// order: they follow what the fill reads from history.
+    held: Vec<(Option<(Epoch, u64)>, Frame)>,
     filling: bool,
     /// Some subscriber was promised delivery before the channel was anchored (Redis was
     /// down): whatever happened before the anchor is unknown, so the anchor owes a gap.
@@ -69,12 +68,19 @@ impl Sequence {
         self.owes_gap = true;
     }
 
+    /// A live publication that was not kept (a plain PUBLISH on a history channel).
+    pub fn plain(&mut self, frame: Frame, out: &mut Vec<Out>) {
+        if self.filling {
+            self.held.push((None, frame));
+        } else {
+            out.push(Out::Frame(0, frame));
+        }
+    }
+
     /// A live publication numbered `n` in `epoch`.
     pub fn live(&mut self, epoch: &str, n: u64, frame: Frame, out: &mut Vec<Out>) {
         if self.filling {
-            if self.epoch.as_deref() != Some(epoch) || self.next.is_none_or(|next| n >= next) {
-                self.held.insert(n, (epoch.into(), frame));
-            }
+            self.held.push((Some((epoch.into(), n)), frame));
             return;
         }
         match self.next {
@@ -142,18 +148,29 @@ impl Sequence {
             }
         };
         self.epoch = read.epoch.clone();
-        let from_history = self.deliver(read, start, out);
+        // The read was taken after the channel was subscribed again, so it also holds
+        // kept publications that arrived live meanwhile. History supplies only what came
+        // before the first of them: the rest follow in Redis's order, plain ones between.
+        let until = self.held.iter().find_map(|(kept, _)| match kept {
+            Some((epoch, n)) if read.epoch.as_ref() == Some(epoch) => Some(*n),
+            _ => None,
+        });
+        let from_history = self.deliver(read, start, until, out);
         self.release_held(out);
         from_history
     }
 
-    /// Delivers the entries of `read` numbered `start` and up, a `Gap` wherever numbers
-    /// skip or the read ends before its top (trimmed or expired); returns how many.
-    fn deliver(&mut self, read: &Read, start: u64, out: &mut Vec<Out>) -> u64 {
+    /// Delivers the entries of `read` numbered from `start` up to (not including)
+    /// `until`, a `Gap` wherever numbers skip or, with no `until`, where the read ends
+    /// before its top (trimmed or expired); returns how many.
+    fn deliver(&mut self, read: &Read, start: u64, until: Option<u64>, out: &mut Vec<Out>) -> u64 {
         let (mut next, mut delivered) = (start, 0);
         for (n, frame) in &read.entries {
             if *n < next {
                 continue;
+            }
+            if until.is_some_and(|until| *n >= until) {
+                break;
             }
             if *n > next {
                 out.push(Out::Gap);
@@ -162,9 +179,11 @@ impl Sequence {
             delivered += 1;
             next = n + 1;
         }
-        if read.top >= next {
+        let end = until.map_or(read.top, |until| until - 1);
+        if end >= next {
+            // Numbers exist that neither the read nor the live stream supplies.
             out.push(Out::Gap);
-            next = read.top + 1;
+            next = end + 1;
         }
         self.next = Some(next);
         delivered
@@ -172,8 +191,11 @@ impl Sequence {
 
     /// The held live publications, in order, after a fill.
     fn release_held(&mut self, out: &mut Vec<Out>) {
-        for (n, (epoch, frame)) in std::mem::take(&mut self.held) {
-            self.live(&epoch, n, frame, out);
+        for (kept, frame) in std::mem::take(&mut self.held) {
+            match kept {
+                Some((epoch, n)) => self.live(&epoch, n, frame, out),
+                None => self.plain(frame, out),
+            }
         }
     }
 
@@ -241,9 +263,33 @@ mod tests {
         }
         assert_eq!(seen(&out), [5], "held while filling");
         let got = seq.end_fill(&read("e", 9, 6..=9), &mut out);
-        assert_eq!(got, 4);
+        assert_eq!(got, 3, "9 comes live, where Redis put it");
         assert_eq!(seen(&out), [5, 6, 7, 8, 9, 10]);
         assert!(seq.is_settled());
+    }
+
+    #[test]
+    fn plain_publications_keep_their_place_across_a_fill() {
+        let mut seq = anchored("e", 4);
+        seq.begin_fill();
+        let mut out = Vec::new();
+        // Redis's order after resubscribing: plain, kept 7, plain, kept 8; 5 and 6 were
+        // missed; the read (after the subscribe) holds 5..=7.
+        seq.plain(Frame::from("p1".to_string()), &mut out);
+        seq.live("e", 7, frame(7), &mut out);
+        seq.plain(Frame::from("p2".to_string()), &mut out);
+        seq.live("e", 8, frame(8), &mut out);
+        assert!(out.is_empty(), "all held while filling");
+        assert_eq!(seq.end_fill(&read("e", 7, 5..=7), &mut out), 2);
+        let order: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Out::Frame(0, f) => f.as_str().to_owned(),
+                Out::Frame(n, _) => n.to_string(),
+                Out::Gap => "gap".into(),
+            })
+            .collect();
+        assert_eq!(order, ["5", "6", "p1", "7", "p2", "8"]);
     }
 
     #[test]

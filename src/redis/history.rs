@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::reconcile::BatchError;
 use super::store::Store;
@@ -17,6 +17,7 @@ use crate::channel::{Name, Prefix};
 use crate::history::library::TOP_ONLY;
 use crate::history::request::{Answer, Need, Request};
 use crate::history::sequence::Read;
+use crate::history::Rules;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::tape::{Filled, Tape};
@@ -97,6 +98,18 @@ impl<'a> History<'a> {
         let reads = self.read(&wanted).await?;
         for (tape, read) in tapes.iter().zip(&reads) {
             self.metrics.gaps_total.inc_by(tape.anchor(read).gaps);
+        }
+        Ok(())
+    }
+
+    /// Loads the function library again if it went missing (checked with each probe).
+    pub async fn keep_library(&mut self, rules: &Rules) -> Result<(), BatchError> {
+        let Some(store) = &mut self.store else {
+            return Ok(());
+        };
+        if !store.has_library().await? {
+            store.load_library(self.prefix, rules).await?;
+            warn!("the herald function library was missing from Redis; loaded it again");
         }
         Ok(())
     }

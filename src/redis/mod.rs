@@ -63,6 +63,8 @@ pub struct Settings {
     pub prefix: Prefix,
     /// History channels; none: no command connection and no function library.
     pub history: Rules,
+    /// Deadline of each history read (and of the library's loading).
+    pub history_timeout: Duration,
     pub probe_interval: Duration,
     pub timeout: Duration,
     pub backoff_base: Duration,
@@ -215,7 +217,8 @@ impl Subscriber {
         let store = if self.settings.history.is_empty() {
             None
         } else {
-            let mut store = match Store::connect(&self.client, timeout).await {
+            let connect = Store::connect(&self.client, timeout, self.settings.history_timeout);
+            let mut store = match connect.await {
                 Ok(store) => store,
                 Err(e) => return Lost::connect(e),
             };
@@ -332,6 +335,9 @@ impl Subscriber {
                 _ = probe.tick() => {
                     if let Err(e) = reconciler.probe(interval).await {
                         return Lost::Probe(e);
+                    }
+                    if let Err(e) = history.keep_library(&self.settings.history).await {
+                        return Lost::batch(e);
                     }
                     // Healthy for a whole probe interval: only now may the next outage
                     // start from the shortest wait. Resetting on resubscribe let a

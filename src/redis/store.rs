@@ -22,14 +22,19 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(client: &redis::Client, timeout: Duration) -> Result<Store, BatchError> {
+    /// Connects within `connect`; each command then has `timeout`.
+    pub async fn connect(
+        client: &redis::Client,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Result<Store, BatchError> {
         // redis-rs gives up on a reply after 500ms by default; a resume's history read
         // (SIZE entries of any size) may take longer, and is bounded by `timeout` here.
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        let connect = client.get_multiplexed_async_connection_with_config(&config);
-        let conn = within(timeout, connect).await?;
+            .set_connection_timeout(Some(connect));
+        let opening = client.get_multiplexed_async_connection_with_config(&config);
+        let conn = within(connect, opening).await?;
         Ok(Store { conn, timeout })
     }
 
@@ -43,6 +48,16 @@ impl Store {
         within(timeout, cmd.query_async::<Value>(&mut self.conn))
             .await
             .map(drop)
+    }
+
+    /// Whether the library is loaded: a `FUNCTION FLUSH`, or a Redis restarted in place
+    /// without persistence under a proxy that kept the connection, leaves publishers'
+    /// `FCALL herald_publish` failing until it is loaded again.
+    pub async fn has_library(&mut self) -> Result<bool, BatchError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LIST").arg("LIBRARYNAME").arg(library::NAME);
+        let listed: Vec<Value> = within(self.timeout, cmd.query_async(&mut self.conn)).await?;
+        Ok(!listed.is_empty())
     }
 
     /// Reads each channel's kept entries after its number (`library::TOP_ONLY`: only the

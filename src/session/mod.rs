@@ -127,9 +127,10 @@ pub async fn run<S>(
     match requests.subscribe_initial(&initial) {
         Ok(None) => {}
         Ok(Some(pending)) => {
-            // Only waits; the `welcome` below lists the channels.
+            // Only waits (no `since` here, so no second round); the `welcome` below lists
+            // the channels.
             let (pending, answers) = pending.wait(settings.history_wait).await;
-            requests.finish(pending, answers);
+            let _ = requests.finish(pending, answers);
         }
         // Checked before the upgrade with the same rule, so this is a bug, not client input.
         Err(refusal) => {
@@ -229,7 +230,13 @@ where
             _ = sleep_until(expires_at), if expires_at.is_some() => return End::TokenExpired,
             (pending, answers) = wait(&mut waiting), if waiting.is_some() => {
                 waiting = None;
-                let (ok, frames) = requests.finish(pending, answers);
+                let (ok, frames) = match requests.finish(pending, answers) {
+                    Ok(done) => done,
+                    Err(pending) => {
+                        waiting = Some(Box::pin(pending.wait(settings.history_wait)));
+                        continue;
+                    }
+                };
                 let mut frames = VecDeque::from(frames);
                 match send_all(ws, [Message::Text(ok.into())], settings.write_timeout).await {
                     Ok(()) => send_batch(ws, &mut frames, settings.write_timeout).await,

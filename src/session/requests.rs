@@ -141,15 +141,15 @@ impl Requests {
         reply.unwrap_or_else(|refusal| Verdict::Reply(protocol::error(&refusal)))
     }
 
-    /// The `ok` and history frames of a subscribe that waited; see `resume`.
+    /// The `ok` and history frames of a subscribe that waited, or the subscribe still
+    /// waiting; see `resume`.
     pub fn finish(
         &mut self,
         pending: Pending,
         answers: resume::Answers,
-    ) -> (String, Vec<crate::payload::Frame>) {
-        pending.finish(&mut self.subs, answers, &self.metrics)
+    ) -> Result<(String, Vec<crate::payload::Frame>), Pending> {
+        pending.finish(&mut self.subs, answers, &self.history, &self.metrics)
     }
-
     fn answer(&mut self, Request { id, op }: Request) -> Result<Verdict, Refusal> {
         match op {
             Op::Ping => Ok(Verdict::Reply(protocol::pong(&id))),

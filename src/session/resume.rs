@@ -24,11 +24,13 @@ use crate::history::Position;
 use crate::metrics::Metrics;
 use crate::payload::Frame;
 use crate::protocol::{self, Id};
-use crate::tape::{Resume, Tape};
+use crate::tape::{Joined, Resume, Tape};
 
 /// A subscribe whose `ok` waits for the Redis thread.
 pub struct Pending {
     id: Id,
+    /// History frames of channels already joined while others read again.
+    ready: Vec<Frame>,
     /// One entry per channel named in `since`, in the request's order; `None` until known.
     recovered: Vec<(String, Option<bool>)>,
     waits: Vec<Wait>,
@@ -38,7 +40,15 @@ struct Wait {
     tape: Arc<Tape>,
     since: Option<Position>,
     answer: oneshot::Receiver<Answer>,
+    /// History frames from earlier reads of this resume, to go first.
+    carried: Vec<Frame>,
+    /// Reads asked so far.
+    reads: u8,
 }
+
+/// Reads one resume may ask for: a session that takes its answer too late to join the
+/// tape (the channel moved on past the read) reads again from where that read ended.
+const MAX_READS: u8 = 3;
 
 /// The answers a `Pending` waited for, in its order (`None`: Redis could not tell).
 pub struct Answers(Vec<Option<Answer>>);
@@ -79,10 +89,13 @@ pub fn plan(
             tape: tape.clone(),
             since: asked.map(|(_, position)| position.clone()),
             answer: request::ask(history, tape, need),
+            carried: Vec::new(),
+            reads: 1,
         });
     }
     let pending = Pending {
         id,
+        ready: Vec::new(),
         recovered,
         waits,
     };
@@ -115,27 +128,47 @@ impl Pending {
         (self, Answers(answers))
     }
 
-    /// The `ok` and the history frames that follow it, once the answers are in.
+    /// The `ok` and the history frames that follow it, once the answers are in; or, when
+    /// some resume must read again, the same subscribe still waiting.
     pub fn finish(
         mut self,
         subs: &mut Subscriptions,
         Answers(answers): Answers,
+        history: &Sender,
         metrics: &Metrics,
-    ) -> (String, Vec<Frame>) {
+    ) -> Result<(String, Vec<Frame>), Pending> {
+        let mut again = Vec::new();
         let mut frames = Vec::new();
-        for (wait, answer) in std::mem::take(&mut self.waits).into_iter().zip(answers) {
-            let Some(since) = &wait.since else {
+        for (mut wait, answer) in std::mem::take(&mut self.waits).into_iter().zip(answers) {
+            let Some(since) = wait.since.clone() else {
                 if answer.is_none() {
                     wait.tape.owe_gap();
                 }
                 continue;
             };
-            let got = match &answer {
-                Some(Answer::Read(read)) => subs.resume_with(&wait.tape, since, read),
-                _ => None,
+            let joined = match &answer {
+                Some(Answer::Read(read)) => subs.resume_with(&wait.tape, &since, read),
+                _ => Joined::Hole,
             };
-            let ok = got.is_some();
-            frames.extend(got.into_iter().flatten());
+            let ok = match joined {
+                Joined::Yes(got) => {
+                    frames.append(&mut wait.carried);
+                    frames.extend(got);
+                    true
+                }
+                Joined::Behind(last, got) if wait.reads < MAX_READS => {
+                    wait.carried.extend(got);
+                    wait.since = Some(Position {
+                        epoch: since.epoch.clone(),
+                        n: last,
+                    });
+                    wait.answer = request::ask(history, &wait.tape, Need::After(last));
+                    wait.reads += 1;
+                    again.push(wait);
+                    continue;
+                }
+                Joined::Behind(..) | Joined::Hole => false,
+            };
             if let Some(slot) = self
                 .recovered
                 .iter_mut()
@@ -144,8 +177,17 @@ impl Pending {
                 slot.1 = Some(ok);
             }
         }
+        if !again.is_empty() {
+            // The frames of the channels already joined wait with the rest: the `ok` comes
+            // first, once.
+            self.waits = again;
+            self.ready.append(&mut frames);
+            return Err(self);
+        }
         self.count(metrics);
-        (self.reply(subs), frames)
+        let mut all = std::mem::take(&mut self.ready);
+        all.append(&mut frames);
+        Ok((self.reply(subs), all))
     }
 
     fn count(&self, metrics: &Metrics) {

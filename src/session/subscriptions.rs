@@ -12,9 +12,8 @@ use crate::history::sequence::Read;
 use crate::history::Position;
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
-use crate::payload::Frame;
 use crate::protocol::{self, Code, Id, Refusal};
-use crate::tape::{Cursor, Resume, SessionId, Tape};
+use crate::tape::{Cursor, Joined, Resume, SessionId, Tape};
 
 /// The size limits a subscribe request must keep.
 #[derive(Debug, Clone, Copy)]
@@ -84,13 +83,10 @@ impl Subscriptions {
     }
 
     /// Completes a resume with what Redis read; see `Tape::resume_with`.
-    pub fn resume_with(
-        &mut self,
-        tape: &Arc<Tape>,
-        since: &Position,
-        read: &Read,
-    ) -> Option<Vec<Frame>> {
-        let at = self.position(tape).ok()?;
+    pub fn resume_with(&mut self, tape: &Arc<Tape>, since: &Position, read: &Read) -> Joined {
+        let Ok(at) = self.position(tape) else {
+            return Joined::Hole;
+        };
         let cursor = &mut self.held[at].1;
         tape.resume_with(cursor, self.session, &self.inbox, since, read)
     }
