@@ -76,6 +76,9 @@ pub struct Plan {
     pub not_before_ns: u64,
     /// The worker exits by itself after this long even if the coordinator never says so.
     pub lifetime_ms: u64,
+    /// Clients take part in a reconnect wave when the coordinator starts one (`resume`).
+    #[serde(default)]
+    pub rejoin: bool,
 }
 
 /// Splits `0..clients` into `workers` contiguous, near-equal slices.
