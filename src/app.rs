@@ -65,7 +65,12 @@ impl std::fmt::Display for AppError {
 pub async fn run(config: Config) -> Result<(), AppError> {
     let metrics = Metrics::new(Registry::new()).map_err(AppError::Metrics)?;
     let readiness = Arc::new(Readiness::default());
-    let hub = Arc::new(Hub::new(metrics.clone(), config.queue_capacity as usize));
+    let hub = Arc::new(Hub::new(
+        metrics.clone(),
+        config.queue_capacity as usize,
+        config.history.clone(),
+    ));
+    let (history_requests, history_queue) = crate::history::request::queue();
     let drain = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let stop_redis = CancellationToken::new();
@@ -75,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         RedisSettings {
             url: config.redis_url.clone(),
             prefix: Prefix::new(config.channel_prefix.clone()),
+            history: config.history.clone(),
             probe_interval: config.redis_probe_interval,
             timeout: config.redis_timeout,
             backoff_base: config.redis_backoff_base,
@@ -95,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         },
         write_timeout: config.write_timeout,
         drain_period: config.drain_period,
+        history_wait: config.redis_timeout,
         rate: session::RateSettings {
             per_second: NonZeroU32::new(config.rate_limit).unwrap_or(NonZeroU32::MIN),
             burst: NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN),
@@ -109,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             metrics.clone(),
             settings,
             drain.clone(),
+            history_requests,
         )),
         readiness: readiness.clone(),
         gate: Gate::new(
@@ -135,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let listener = listen(config.listen).map_err(AppError::Bind)?;
     let addr = listener.local_addr().map_err(AppError::Bind)?;
     let redis_stopped = subscriber
-        .spawn(stop_redis.clone())
+        .spawn(history_queue, stop_redis.clone())
         .map_err(AppError::Thread)?;
     let http_task = tokio::spawn(http::serve(listener, front, stop_accepting.clone()));
     info!(%addr, "listening");

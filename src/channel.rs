@@ -58,6 +58,10 @@ impl Prefix {
         Prefix(prefix.into())
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The Redis channel for a client channel.
     pub fn to_redis(&self, name: &str) -> String {
         let mut out = String::with_capacity(self.0.len() + name.len());

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::history::Rules;
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -65,6 +67,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
+
+    /// History channels: comma-separated PATTERN=SIZE/TTL rules (`*` matches any run of
+    /// characters; the first match wins), e.g. `chat:*=300/5m`. Their last SIZE
+    /// publications, each for at most TTL, are kept in Redis, so clients can resume from an
+    /// offset and Herald fills what it missed while its Redis connection was down. Every
+    /// instance sharing a Redis must use the same rules.
+    #[arg(long, env = "HERALD_HISTORY", default_value = "", value_parser = history_rules)]
+    pub history: Rules,
 
     /// How long a write to a client may stay blocked before the client is closed with
     /// 1008 `slow consumer`.
@@ -284,6 +294,10 @@ fn net(raw: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{raw:?} is neither an IP address nor a CIDR"))
 }
 
+fn history_rules(raw: &str) -> Result<Rules, String> {
+    Rules::parse(raw)
+}
+
 fn duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("{e} (write e.g. 500ms, 25s, 2m)"))
 }
@@ -304,6 +318,14 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.max_frame_size, 65_536);
         assert_eq!(config.heartbeat, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn history_rules_parse_from_the_flag() {
+        let config = parse(&["--history", "chat:*=300/5m"]);
+        assert_eq!(config.history.find("chat:1").map(|r| r.size), Some(300));
+        assert!(parse(&[]).history.is_empty());
+        assert!(Config::try_parse_from(["herald", "--history", "chat:*=300"]).is_err());
     }
 
     #[test]

@@ -13,19 +13,21 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::channel::Name;
+use crate::history::offset::open_envelope;
+use crate::history::Rules;
 use crate::inbox::Inbox;
 use crate::metrics::Metrics;
 use crate::payload;
+pub use crate::tape::SessionId;
 use crate::tape::{Cursor, Tape};
-
-/// Identifies a session inside the hub.
-pub type SessionId = u64;
 
 pub struct Hub {
     /// Invariant: an entry exists exactly while its tape has at least one subscriber.
     channels: DashMap<Name, Arc<Tape>>,
     /// Frames each tape keeps.
     capacity: usize,
+    /// Which channels keep history.
+    history: Rules,
     /// Channels whose first subscriber came or last one left since the reconciler looked.
     /// Bounded by the number of distinct channels, unlike a queue of events.
     dirty: Mutex<HashSet<Name>>,
@@ -34,11 +36,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `capacity`: frames each channel keeps for subscribers that are behind.
-    pub fn new(metrics: Metrics, capacity: usize) -> Self {
+    /// `capacity`: frames each channel keeps for subscribers that are behind; `history`:
+    /// the channels that keep history.
+    pub fn new(metrics: Metrics, capacity: usize, history: Rules) -> Self {
         Hub {
             channels: DashMap::new(),
             capacity,
+            history,
             dirty: Mutex::default(),
             changed: Notify::new(),
             metrics,
@@ -68,7 +72,8 @@ impl Hub {
                 (tape, cursor)
             }
             Entry::Vacant(entry) => {
-                let tape = Arc::new(Tape::new(shared.clone(), self.capacity));
+                let rule = self.history.find(name);
+                let tape = Arc::new(Tape::new(shared.clone(), self.capacity, rule));
                 let cursor = tape.join(session, inbox);
                 entry.insert(tape.clone());
                 self.mark_dirty(&shared);
@@ -89,19 +94,32 @@ impl Hub {
         }
     }
 
-    /// Appends consecutive publications on `channel` to its tape, encoding each once;
-    /// returns how many deliveries that makes (frames x local subscribers). Never waits.
+    /// Appends consecutive publications on `channel` to its tape, encoding each once
+    /// (with its offset when Redis kept it); returns how many deliveries that makes
+    /// (frames x local subscribers). Never waits.
     pub fn publish<'a>(&self, channel: &str, payloads: impl IntoIterator<Item = &'a [u8]>) -> u64 {
         // The map's lock is not held while subscribers are told.
-        let Some(tape) = self.channels.get(channel).map(|t| t.clone()) else {
+        let Some(tape) = self.tape(channel) else {
             return 0;
         };
-        let frames: Vec<_> = payloads
+        let items: Vec<_> = payloads
             .into_iter()
-            .map(|data| payload::message(channel, data))
+            .map(|payload| {
+                let (offset, data) = open_envelope(payload);
+                (offset, payload::message(channel, data, offset))
+            })
             .collect();
-        let count = frames.len() as u64;
-        count * tape.append(frames) as u64
+        tape.publish(items)
+    }
+
+    /// The tape of `channel`, while some local client holds it.
+    pub fn tape(&self, channel: &str) -> Option<Arc<Tape>> {
+        self.channels.get(channel).map(|t| t.clone())
+    }
+
+    /// Every tape some local client holds, at this moment.
+    pub fn live_tapes(&self) -> Vec<Arc<Tape>> {
+        self.channels.iter().map(|e| e.value().clone()).collect()
     }
 
     /// Whether some local client holds `channel` right now.
@@ -139,7 +157,11 @@ mod tests {
     use std::collections::VecDeque;
 
     fn hub() -> Hub {
-        Hub::new(Metrics::new(prometheus::Registry::new()).unwrap(), 8)
+        Hub::new(
+            Metrics::new(prometheus::Registry::new()).unwrap(),
+            8,
+            Rules::default(),
+        )
     }
 
     /// What a subscriber told of news reads from its tape.

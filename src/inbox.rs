@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn a_closed_inbox_ignores_marks() {
         let inbox = Inbox::new();
-        let tape = Arc::new(Tape::new("a".into(), 4));
+        let tape = Arc::new(Tape::new("a".into(), 4, None));
         inbox.mark(&tape);
         inbox.close();
         inbox.mark(&tape);
@@ -97,7 +97,7 @@ mod tests {
             let inbox = inbox.clone();
             async move { inbox.ready().await }
         });
-        inbox.mark(&Arc::new(Tape::new("a".into(), 4)));
+        inbox.mark(&Arc::new(Tape::new("a".into(), 4, None)));
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")

@@ -38,6 +38,7 @@ pub mod client_ip;
 pub mod config;
 pub mod fd_limit;
 pub mod gate;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod inbox;

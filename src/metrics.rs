@@ -23,6 +23,14 @@ pub struct Metrics {
     pub redis_connected: IntGauge,
     pub redis_reconnects_total: IntCounter,
     pub fanout_seconds: Histogram,
+    /// Resumes (`subscribe` with `since`) that delivered everything after the offset.
+    pub recoveries_recovered: IntCounter,
+    /// Resumes answered `recovered: false`.
+    pub recoveries_not_recovered: IntCounter,
+    /// Publications re-read from history after the subscriber connection was lost.
+    pub gapfill_publications_total: IntCounter,
+    /// `gap` frames sent (one per subscriber told).
+    pub gaps_total: IntCounter,
     registry: Registry,
 }
 
@@ -56,6 +64,14 @@ impl Metrics {
             .buckets(buckets),
         )?;
         registry.register(Box::new(fanout_seconds.clone()))?;
+        let recoveries = IntCounterVec::new(
+            Opts::new(
+                "herald_history_recoveries_total",
+                "Resumes from an offset, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(recoveries.clone()))?;
 
         Ok(Metrics {
             connections: gauge("herald_connections", "Open WebSocket connections.")?,
@@ -84,6 +100,13 @@ impl Metrics {
                 "Reconnections of the Redis subscriber connection.",
             )?,
             fanout_seconds,
+            recoveries_recovered: recoveries.with_label_values(&["recovered"]),
+            recoveries_not_recovered: recoveries.with_label_values(&["not_recovered"]),
+            gapfill_publications_total: counter(
+                "herald_gapfill_publications_total",
+                "Publications re-read from history after the Redis subscriber connection was lost.",
+            )?,
+            gaps_total: counter("herald_gaps_total", "gap frames sent to clients.")?,
             registry,
         })
     }
@@ -117,6 +140,10 @@ mod tests {
             "herald_redis_connected ",
             "herald_redis_reconnects_total ",
             "herald_fanout_seconds_count ",
+            "herald_history_recoveries_total{result=\"recovered\"} ",
+            "herald_history_recoveries_total{result=\"not_recovered\"} ",
+            "herald_gapfill_publications_total ",
+            "herald_gaps_total ",
         ] {
             assert!(text.contains(family), "missing {family:?} in\n{text}");
         }

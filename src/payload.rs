@@ -72,8 +72,9 @@ impl From<String> for Frame {
 }
 
 /// Encodes a publication on client channel `channel` (already valid by the channel rule,
-/// which needs no JSON escaping).
-pub fn message(channel: &str, payload: &[u8]) -> Frame {
+/// which needs no JSON escaping), with its offset when it was kept in history (an offset
+/// is `<epoch>:<n>` of digits, which needs none either).
+pub fn message(channel: &str, payload: &[u8], offset: Option<(&str, u64)>) -> Frame {
     let mut out = String::with_capacity(payload.len() + channel.len() + 48);
     out.push_str(r#"{"op":"message","channel":""#);
     out.push_str(channel);
@@ -86,6 +87,10 @@ pub fn message(channel: &str, payload: &[u8]) -> Frame {
         out.push('"');
         base64::engine::general_purpose::STANDARD.encode_string(payload, &mut out);
         out.push_str(r#"","encoding":"base64""#);
+    }
+    if let Some((epoch, n)) = offset {
+        use std::fmt::Write;
+        let _ = write!(out, r#","offset":"{epoch}:{n}""#);
     }
     out.push('}');
     out.into()
@@ -102,19 +107,28 @@ mod tests {
 
     #[test]
     fn json_is_embedded_as_is() {
-        let frame = message("news", br#"{"x":[1,2]}"#);
+        let frame = message("news", br#"{"x":[1,2]}"#, None);
         assert_eq!(
             frame.as_str(),
             r#"{"op":"message","channel":"news","data":{"x":[1,2]}}"#
         );
-        assert_eq!(decoded(&message("n", b"42"))["data"], json!(42));
+        assert_eq!(decoded(&message("n", b"42", None))["data"], json!(42));
+    }
+
+    #[test]
+    fn kept_publications_carry_their_offset() {
+        let frame = message("chat", b"{}", Some(("17", 4)));
+        assert_eq!(
+            frame.as_str(),
+            r#"{"op":"message","channel":"chat","data":{},"offset":"17:4"}"#
+        );
     }
 
     #[test]
     fn utf8_text_becomes_a_string() {
-        let frame = message("n", "héllo \"world\"\n{".as_bytes());
+        let frame = message("n", "héllo \"world\"\n{".as_bytes(), None);
         assert_eq!(decoded(&frame)["data"], json!("héllo \"world\"\n{"));
-        assert_eq!(decoded(&message("n", b""))["data"], json!(""));
+        assert_eq!(decoded(&message("n", b"", None))["data"], json!(""));
     }
 
     #[test]
@@ -139,7 +153,7 @@ mod tests {
 
     #[test]
     fn other_bytes_become_base64() {
-        let frame = decoded(&message("n", &[0xff, 0x00, 0xfe]));
+        let frame = decoded(&message("n", &[0xff, 0x00, 0xfe], None));
         assert_eq!(frame["data"], json!("/wD+"));
         assert_eq!(frame["encoding"], json!("base64"));
     }

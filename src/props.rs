@@ -49,7 +49,7 @@ proptest! {
         let parsed = Request::parse(&request.to_string()).expect("well-formed");
         prop_assert_eq!(&parsed.id, &id);
         let expected = match op {
-            0 => Op::Subscribe(channels),
+            0 => Op::Subscribe(channels, vec![]),
             1 => Op::Unsubscribe(channels),
             _ => Op::Ping,
         };
@@ -83,10 +83,26 @@ proptest! {
 
     #[test]
     fn every_payload_becomes_one_valid_frame(name in valid_name(), data in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let frame = payload::message(&name, &data);
+        let frame = payload::message(&name, &data, None);
         let value: Value = serde_json::from_str(frame.as_str()).expect("frame is JSON");
         prop_assert_eq!(&value["op"], "message");
         prop_assert_eq!(value["channel"].as_str(), Some(name.as_str()));
         prop_assert!(value.get("data").is_some());
+    }
+
+    #[test]
+    fn a_kept_publication_opens_to_its_payload_and_offset(
+        epoch in "[0-9]{1,20}", n in 1..u64::MAX / 2, data in proptest::collection::vec(any::<u8>(), 0..200)
+    ) {
+        let mut wrapped = crate::history::offset::ENVELOPE.to_vec();
+        wrapped.extend_from_slice(format!("{epoch}:{n}\0").as_bytes());
+        wrapped.extend_from_slice(&data);
+        let (offset, payload) = crate::history::offset::open_envelope(&wrapped);
+        prop_assert_eq!(offset, Some((epoch.as_str(), n)));
+        prop_assert_eq!(payload, &data[..]);
+        let frame = payload::message("c", payload, offset);
+        let value: Value = serde_json::from_str(frame.as_str()).expect("frame is JSON");
+        let text = format!("{epoch}:{n}");
+        prop_assert_eq!(value["offset"].as_str(), Some(text.as_str()));
     }
 }

@@ -6,6 +6,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::history::Position;
+
 /// Close codes the server sends, with the reason text clients see.
 pub mod close {
     /// Shutdown or drain: the client should reconnect elsewhere.
@@ -33,7 +35,8 @@ pub type Id = Option<Value>;
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Subscribe(Vec<String>),
+    /// Channels, and for some of them the offset to resume after (contract 1.1).
+    Subscribe(Vec<String>, Vec<(String, Position)>),
     Unsubscribe(Vec<String>),
     Ping,
     /// Replaces the connection's token before it expires (an extension of contract v1).
@@ -97,7 +100,11 @@ impl Request {
             Some(_) => return Err(bad(&id, "op must be a string")),
         };
         let op = match op {
-            "subscribe" => Op::Subscribe(channels(&object).map_err(|m| bad(&id, m))?),
+            "subscribe" => {
+                let names = channels(&object).map_err(|m| bad(&id, m))?;
+                let since = since(&object, &names).map_err(|m| bad(&id, &m))?;
+                Op::Subscribe(names, since)
+            }
             "unsubscribe" => Op::Unsubscribe(channels(&object).map_err(|m| bad(&id, m))?),
             "ping" => Op::Ping,
             "refresh" => match object.get("token") {
@@ -127,6 +134,30 @@ fn channels(object: &Map<String, Value>) -> Result<Vec<String>, &'static str> {
         .collect()
 }
 
+/// The `since` of a subscribe: each named channel must be among `names`, and each offset
+/// one Herald could have given.
+fn since(object: &Map<String, Value>, names: &[String]) -> Result<Vec<(String, Position)>, String> {
+    let Some(value) = object.get("since") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(entries) = value else {
+        return Err("since must be an object mapping channels to offsets".into());
+    };
+    let mut since = Vec::with_capacity(entries.len());
+    for (channel, offset) in entries {
+        if !names.contains(channel) {
+            let shown: String = channel.chars().take(64).collect();
+            return Err(format!("since names {shown:?}, which channels does not"));
+        }
+        let position = offset
+            .as_str()
+            .and_then(Position::parse)
+            .ok_or_else(|| format!("since[{channel:?}] is not a valid offset"))?;
+        since.push((channel.clone(), position));
+    }
+    Ok(since)
+}
+
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Reply<'a> {
@@ -139,6 +170,9 @@ enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: &'a Id,
         channels: &'a [&'a str],
+        /// Only in replies to a subscribe with `since`: one boolean per channel named there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<Map<String, Value>>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +181,9 @@ enum Reply<'a> {
     Lagged {
         channel: &'a str,
         missed: u64,
+    },
+    Gap {
+        channel: &'a str,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,7 +206,29 @@ pub fn welcome(session: &str, heartbeat_secs: u64, channels: &[&str]) -> String 
 }
 
 pub fn ok(id: &Id, channels: &[&str]) -> String {
-    encode(&Reply::Ok { id, channels })
+    encode(&Reply::Ok {
+        id,
+        channels,
+        recovered: None,
+    })
+}
+
+/// The `ok` to a subscribe with `since`, saying per channel whether it was recovered.
+pub fn ok_recovered(id: &Id, channels: &[&str], recovered: &[(String, bool)]) -> String {
+    let recovered = recovered
+        .iter()
+        .map(|(channel, ok)| (channel.clone(), Value::Bool(*ok)))
+        .collect();
+    encode(&Reply::Ok {
+        id,
+        channels,
+        recovered: Some(recovered),
+    })
+}
+
+/// Publications on `channel` may have been missed (contract 1.1, "Gaps").
+pub fn gap(channel: &str) -> String {
+    encode(&Reply::Gap { channel })
 }
 
 pub fn pong(id: &Id) -> String {
@@ -201,7 +260,15 @@ mod tests {
     fn parses_each_op() {
         let sub = Request::parse(r#"{"op":"subscribe","id":7,"channels":["a","b"]}"#).unwrap();
         assert_eq!(sub.id, Some(json!(7)));
-        assert_eq!(sub.op, Op::Subscribe(vec!["a".into(), "b".into()]));
+        assert_eq!(sub.op, Op::Subscribe(vec!["a".into(), "b".into()], vec![]));
+        let resume =
+            Request::parse(r#"{"op":"subscribe","channels":["a","b"],"since":{"b":"17:4"}}"#)
+                .unwrap();
+        let position = Position::parse("17:4").unwrap();
+        assert_eq!(
+            resume.op,
+            Op::Subscribe(vec!["a".into(), "b".into()], vec![("b".into(), position)])
+        );
         let unsub = Request::parse(r#"{"op":"unsubscribe","channels":[]}"#).unwrap();
         assert_eq!(unsub.op, Op::Unsubscribe(vec![]));
         let ping = Request::parse(r#"{"op":"ping","id":"x"}"#).unwrap();
@@ -227,6 +294,10 @@ mod tests {
             r#"{"id":1,"op":"subscribe"}"#,
             r#"{"id":1,"op":"subscribe","channels":"a"}"#,
             r#"{"id":1,"op":"subscribe","channels":["a",2]}"#,
+            r#"{"id":1,"op":"subscribe","channels":["a"],"since":[]}"#,
+            r#"{"id":1,"op":"subscribe","channels":["a"],"since":{"b":"1:1"}}"#,
+            r#"{"id":1,"op":"subscribe","channels":["a"],"since":{"a":"nope"}}"#,
+            r#"{"id":1,"op":"subscribe","channels":["a"],"since":{"a":7}}"#,
             r#"{"id":1,"op":"refresh"}"#,
             r#"{"id":1,"op":"refresh","token":5}"#,
         ] {
@@ -247,6 +318,11 @@ mod tests {
             r#"{"op":"ok","id":1,"channels":[]}"#
         );
         assert_eq!(pong(&None), r#"{"op":"pong"}"#);
+        assert_eq!(
+            ok_recovered(&Some(json!(2)), &["a"], &[("a".into(), true)]),
+            r#"{"op":"ok","id":2,"channels":["a"],"recovered":{"a":true}}"#
+        );
+        assert_eq!(gap("a"), r#"{"op":"gap","channel":"a"}"#);
         assert_eq!(
             lagged("a", 3),
             r#"{"op":"lagged","channel":"a","missed":3}"#

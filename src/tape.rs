@@ -5,6 +5,11 @@
 //! publication touches them and no one else: a subscriber still behind finds the new
 //! frames on its next read. The tape keeps the last `capacity` frames; a subscriber that
 //! falls further behind loses the oldest and is told how many (`lagged`).
+//!
+//! A history channel's tape also orders its publications by number (`history::sequence`)
+//! and keeps its last frames after everyone read them, up to the history size: a client
+//! resuming from an offset the tape still holds is served from memory, by setting its
+//! cursor back, with no Redis read (a rolling restart moves thousands at once).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,9 +17,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use indexmap::IndexMap;
 
 use crate::channel::Name;
-use crate::hub::SessionId;
+use crate::history::sequence::{Out, Read, Sequence};
+use crate::history::{Position, Rule};
 use crate::inbox::Inbox;
 use crate::payload::Frame;
+use crate::protocol;
+
+/// Identifies a session among a tape's subscribers.
+pub type SessionId = u64;
 
 /// A position on a tape: the sequence number of the next frame to read.
 pub type Cursor = u64;
@@ -23,17 +33,33 @@ pub struct Tape {
     name: Name,
     /// Most frames kept: how far a subscriber may fall behind before it loses frames.
     capacity: usize,
+    /// Frames a history channel keeps after every subscriber read them (0 otherwise).
+    retain: usize,
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Tape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape").field("name", &self.name).finish()
+    }
+}
+
+/// A frame on the tape and its publication number (0: none, e.g. a plain PUBLISH or a gap).
+struct Entry {
+    frame: Frame,
+    number: u64,
 }
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Entry>,
     /// Sequence number of `frames[0]`.
     first: Cursor,
     subscribers: usize,
     /// Subscribers that have read everything, to be woken by the next publication.
     waiting: IndexMap<SessionId, Arc<Inbox>>,
+    /// The publication order of a history channel; `None` for other channels.
+    sequence: Option<Sequence>,
 }
 
 impl State {
@@ -41,26 +67,59 @@ impl State {
         self.first + self.frames.len() as u64
     }
 
-    /// Once every subscriber has read everything, nothing on the tape is needed.
-    fn forget_if_all_read(&mut self) {
+    /// Once every subscriber has read everything, only what a history channel retains
+    /// is needed.
+    fn forget_if_all_read(&mut self, retain: usize) {
         if self.waiting.len() == self.subscribers {
-            self.first = self.head();
-            self.frames.clear();
+            let over = self.frames.len().saturating_sub(retain);
+            self.frames.drain(..over);
+            self.first += over as u64;
         }
     }
 }
 
+/// What a tape can do for a client resuming from an offset.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Its cursor now stands right after the offset.
+    Recovered,
+    /// History cannot cover it (another epoch, too old, or no history): live from now.
+    NotRecovered,
+    /// Only a read of Redis can tell (older than the tape holds, or the tape is being
+    /// filled or anchored).
+    NeedRedis,
+}
+
+/// What a fill or anchor put on the tape.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Filled {
+    /// Publications taken from history.
+    pub publications: u64,
+    /// `gap` frames, counted once per subscriber that gets one.
+    pub gaps: u64,
+}
+
 impl Tape {
-    pub fn new(name: Name, capacity: usize) -> Self {
+    /// A tape for channel `name`; `history` is its rule when it is a history channel.
+    pub fn new(name: Name, capacity: usize, history: Option<&Rule>) -> Self {
+        let capacity = capacity.max(1);
         Tape {
             name,
-            capacity: capacity.max(1),
-            state: Mutex::default(),
+            capacity,
+            retain: history.map_or(0, |rule| rule.size.min(capacity)),
+            state: Mutex::new(State {
+                sequence: history.map(|_| Sequence::default()),
+                ..State::default()
+            }),
         }
     }
 
     pub fn name(&self) -> &Name {
         &self.name
+    }
+
+    pub fn is_history(&self) -> bool {
+        self.lock().sequence.is_some()
     }
 
     /// Adds a subscriber, which starts at the next publication; returns its cursor.
@@ -76,15 +135,211 @@ impl Tape {
         let mut state = self.lock();
         state.subscribers = state.subscribers.saturating_sub(1);
         state.waiting.swap_remove(&session);
-        state.forget_if_all_read();
+        state.forget_if_all_read(self.retain);
         state.subscribers
     }
 
-    /// Appends `frames` (in order) and tells every waiting subscriber; returns the number
-    /// of subscribers, each of which the frames now reach.
-    pub fn append(self: &Arc<Self>, frames: impl IntoIterator<Item = Frame>) -> usize {
+    /// Appends live publications (in Redis's order, each with its offset when it has
+    /// one) and tells every waiting subscriber; returns the deliveries made (frames
+    /// appended x subscribers). On a history channel repeats are dropped and, during a
+    /// fill, publications are held until it ends.
+    pub fn publish<'a>(
+        self: &Arc<Self>,
+        items: impl IntoIterator<Item = (Option<(&'a str, u64)>, Frame)>,
+    ) -> u64 {
         let mut state = self.lock();
-        state.frames.extend(frames);
+        let mut out = Vec::new();
+        for (offset, frame) in items {
+            match (&mut state.sequence, offset) {
+                (Some(sequence), Some((epoch, n))) => sequence.live(epoch, n, frame, &mut out),
+                (_, offset) => out.push(Out::Frame(offset.map_or(0, |(_, n)| n), frame)),
+            }
+        }
+        let (frames, _) = self.put(&mut state, out);
+        frames * state.subscribers as u64
+    }
+
+    /// Tells every subscriber publications may have been missed (a channel without
+    /// history, after the subscriber connection was lost); returns the `gap` frames sent.
+    pub fn gap(self: &Arc<Self>) -> u64 {
+        let mut state = self.lock();
+        let (_, gaps) = self.put(&mut state, vec![Out::Gap]);
+        gaps
+    }
+
+    /// Whether a history read can be answered for this tape now: anchored, and not
+    /// waiting for a fill. Always true for a channel without history.
+    pub fn is_settled(&self) -> bool {
+        self.lock().sequence.as_ref().is_none_or(Sequence::is_settled)
+    }
+
+    /// Where a fill must read from: `None` when there is nothing to fill (no history,
+    /// or not anchored yet, which calls for `anchor` instead).
+    pub fn fill_after(&self) -> Option<u64> {
+        self.lock().sequence.as_ref()?.fill_after()
+    }
+
+    /// Holds live publications until `end_fill` (the subscriber connection is being
+    /// re-established).
+    pub fn begin_fill(&self) {
+        if let Some(sequence) = &mut self.lock().sequence {
+            sequence.begin_fill();
+        }
+    }
+
+    /// Appends what a history read (from `fill_after`) found missing, then the held
+    /// publications; see `Sequence::end_fill`.
+    pub fn end_fill(self: &Arc<Self>, read: &Read) -> Filled {
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        let Some(sequence) = &mut state.sequence else {
+            return Filled::default();
+        };
+        let publications = sequence.end_fill(read, &mut out);
+        let (_, gaps) = self.put(&mut state, out);
+        Filled { publications, gaps }
+    }
+
+    /// Anchors a newly subscribed history channel at the position `read` found.
+    pub fn anchor(self: &Arc<Self>, read: &Read) -> Filled {
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        if let Some(sequence) = &mut state.sequence {
+            sequence.anchor(read, &mut out);
+        }
+        let (_, gaps) = self.put(&mut state, out);
+        Filled {
+            publications: 0,
+            gaps,
+        }
+    }
+
+    /// A subscriber was promised delivery while Redis could not anchor the channel: its
+    /// anchor will send a `gap`.
+    pub fn owe_gap(&self) {
+        if let Some(sequence) = &mut self.lock().sequence {
+            sequence.owe_gap();
+        }
+    }
+
+    /// Sets the cursor of `session` (which just joined) right after `since`, when the
+    /// tape still holds what followed it.
+    pub fn resume(
+        self: &Arc<Self>,
+        cursor: &mut Cursor,
+        session: SessionId,
+        inbox: &Arc<Inbox>,
+        since: &Position,
+    ) -> Resume {
+        let mut state = self.lock();
+        let Some(sequence) = &state.sequence else {
+            return Resume::NotRecovered;
+        };
+        let Some(next) = sequence.next().filter(|_| sequence.is_settled()) else {
+            return Resume::NeedRedis;
+        };
+        if sequence.epoch() != Some(&since.epoch) || since.n >= next {
+            return Resume::NotRecovered;
+        }
+        if since.n + 1 == next {
+            return Resume::Recovered; // nothing missed: the cursor stays at the head
+        }
+        let wanted = since.n + 1;
+        match state.frames.iter().position(|e| e.number >= wanted && e.number != 0) {
+            Some(at) if state.frames[at].number == wanted => {
+                self.rewind(&mut state, cursor, at, session, inbox);
+                Resume::Recovered
+            }
+            Some(0) | None => Resume::NeedRedis,
+            Some(_) => Resume::NotRecovered,
+        }
+    }
+
+    /// Completes a resume that needed Redis: `read` holds the entries after `since`.
+    /// When they reach the frames the tape holds, returns them (to be sent first) and
+    /// sets the cursor to the tape's first frame after them; `None`: not recovered.
+    pub fn resume_with(
+        self: &Arc<Self>,
+        cursor: &mut Cursor,
+        session: SessionId,
+        inbox: &Arc<Inbox>,
+        since: &Position,
+        read: &Read,
+    ) -> Option<Vec<Frame>> {
+        let mut state = self.lock();
+        let sequence = state.sequence.as_ref()?;
+        let next = sequence.next()?;
+        if sequence.epoch() != Some(&since.epoch) || read.epoch.as_ref() != Some(&since.epoch) {
+            return None;
+        }
+        // The tape's oldest numbered frame, or the next number when it holds none.
+        let oldest = state.frames.iter().position(|e| e.number != 0);
+        let resume_at = oldest.map_or(next, |at| state.frames[at].number);
+        let mut frames = Vec::new();
+        let mut last = since.n;
+        for (n, frame) in &read.entries {
+            if *n <= since.n || *n >= resume_at {
+                continue;
+            }
+            if *n != last + 1 {
+                return None;
+            }
+            frames.push(frame.clone());
+            last = *n;
+        }
+        if last + 1 != resume_at {
+            return None;
+        }
+        if let Some(at) = oldest {
+            self.rewind(&mut state, cursor, at, session, inbox);
+        }
+        Some(frames)
+    }
+
+    /// Moves the cursor of a subscriber that had read everything back to `frames[at]`,
+    /// and tells it it has frames to read.
+    fn rewind(
+        self: &Arc<Self>,
+        state: &mut State,
+        cursor: &mut Cursor,
+        at: usize,
+        session: SessionId,
+        inbox: &Arc<Inbox>,
+    ) {
+        *cursor = state.first + at as u64;
+        if state.waiting.swap_remove(&session).is_some() {
+            inbox.mark(self);
+        }
+    }
+
+    /// Puts `out` on the tape in order, drops what exceeds the capacity and tells the
+    /// waiting subscribers. Returns (publications appended, gap frames x subscribers).
+    fn put(self: &Arc<Self>, state: &mut State, out: Vec<Out>) -> (u64, u64) {
+        if out.is_empty() {
+            return (0, 0);
+        }
+        let (mut frames, mut gaps) = (0, 0);
+        for item in out {
+            let entry = match item {
+                Out::Frame(number, frame) => {
+                    frames += 1;
+                    Entry { frame, number }
+                }
+                Out::Gap => {
+                    gaps += 1;
+                    // Numbers before a gap may belong to another epoch: resume never
+                    // looks behind it.
+                    for earlier in state.frames.iter_mut() {
+                        earlier.number = 0;
+                    }
+                    Entry {
+                        frame: protocol::gap(&self.name).into(),
+                        number: 0,
+                    }
+                }
+            };
+            state.frames.push_back(entry);
+        }
         let over = state.frames.len().saturating_sub(self.capacity);
         if over > 0 {
             state.frames.drain(..over);
@@ -93,7 +348,7 @@ impl Tape {
         for (_, inbox) in state.waiting.drain(..) {
             inbox.mark(self);
         }
-        state.subscribers
+        (frames, gaps * state.subscribers as u64)
     }
 
     /// Moves the frames after `cursor` into `out`, advances `cursor` to the end and puts
@@ -109,10 +364,11 @@ impl Tape {
         let mut state = self.lock();
         let missed = state.first.saturating_sub(*cursor);
         let from = cursor.saturating_sub(state.first) as usize;
-        out.extend(state.frames.range(from.min(state.frames.len())..).cloned());
+        let from = from.min(state.frames.len());
+        out.extend(state.frames.range(from..).map(|e| e.frame.clone()));
         *cursor = state.head();
         state.waiting.insert(session, inbox.clone());
-        state.forget_if_all_read();
+        state.forget_if_all_read(self.retain);
         missed
     }
 
@@ -131,8 +387,8 @@ impl Tape {
 mod tests {
     use super::*;
 
-    fn frames(texts: &[&str]) -> Vec<Frame> {
-        texts.iter().map(|text| text.to_string().into()).collect()
+    fn frames(texts: &[&str]) -> Vec<(Option<(&'static str, u64)>, Frame)> {
+        texts.iter().map(|text| (None, text.to_string().into())).collect()
     }
 
     fn texts(out: &VecDeque<Frame>) -> Vec<&str> {
@@ -169,11 +425,11 @@ mod tests {
 
     #[test]
     fn each_subscriber_reads_every_frame_once_from_where_it_joined() {
-        let tape = Arc::new(Tape::new("c".into(), 8));
+        let tape = Arc::new(Tape::new("c".into(), 8, None));
         let mut early = Reader::join(&tape, 1);
-        assert_eq!(tape.append(frames(&["1", "2"])), 1);
+        assert_eq!(tape.publish(frames(&["1", "2"])), 2);
         let mut late = Reader::join(&tape, 2);
-        assert_eq!(tape.append(frames(&["3"])), 2);
+        assert_eq!(tape.publish(frames(&["3"])), 2);
 
         assert_eq!(early.read(&tape), (0, true));
         assert_eq!(texts(&early.out), ["1", "2", "3"]);
@@ -184,17 +440,17 @@ mod tests {
         assert_eq!(early.read(&tape), (0, false));
         assert_eq!(texts(&early.out), ["1", "2", "3"]);
         // Caught up, so told of the next one.
-        tape.append(frames(&["4"]));
+        tape.publish(frames(&["4"]));
         assert_eq!(early.read(&tape), (0, true));
         assert_eq!(texts(&early.out), ["1", "2", "3", "4"]);
     }
 
     #[test]
     fn only_waiting_subscribers_are_told() {
-        let tape = Arc::new(Tape::new("c".into(), 8));
+        let tape = Arc::new(Tape::new("c".into(), 8, None));
         let mut reader = Reader::join(&tape, 1);
-        tape.append(frames(&["1"]));
-        tape.append(frames(&["2"]));
+        tape.publish(frames(&["1"]));
+        tape.publish(frames(&["2"]));
         let mut pending = Vec::new();
         reader.inbox.take(&mut pending);
         assert_eq!(pending.len(), 1, "told once, not once per publication");
@@ -204,12 +460,12 @@ mod tests {
 
     #[test]
     fn a_subscriber_too_far_behind_loses_the_oldest_and_counts_them() {
-        let tape = Arc::new(Tape::new("c".into(), 3));
+        let tape = Arc::new(Tape::new("c".into(), 3, None));
         let mut slow = Reader::join(&tape, 1);
         let mut fast = Reader::join(&tape, 2);
-        tape.append(frames(&["1", "2"]));
+        tape.publish(frames(&["1", "2"]));
         assert_eq!(fast.read(&tape).0, 0);
-        tape.append(frames(&["3", "4", "5"]));
+        tape.publish(frames(&["3", "4", "5"]));
         assert_eq!(tape.unread(slow.cursor), 3);
         assert_eq!(slow.read(&tape).0, 2);
         assert_eq!(texts(&slow.out), ["3", "4", "5"]);
@@ -219,15 +475,15 @@ mod tests {
 
     #[test]
     fn frames_everyone_has_read_are_let_go() {
-        let tape = Arc::new(Tape::new("c".into(), 8));
+        let tape = Arc::new(Tape::new("c".into(), 8, None));
         let mut one = Reader::join(&tape, 1);
         let two = Reader::join(&tape, 2);
-        tape.append(frames(&["1"]));
+        tape.publish(frames(&["1"]));
         one.read(&tape);
         assert_eq!(tape.unread(two.cursor), 1, "kept while one has not read it");
         assert_eq!(tape.leave(2), 1);
         assert_eq!(tape.lock().frames.len(), 0, "let go once all have read it");
-        tape.append(frames(&["2"]));
+        tape.publish(frames(&["2"]));
         assert_eq!(one.read(&tape), (0, true));
         assert_eq!(texts(&one.out), ["1", "2"]);
     }

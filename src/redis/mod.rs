@@ -17,7 +17,9 @@
 //! batch or an unanswered probe all mean "reconnect", never a clean exit. The probe catches
 //! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
 
+mod history;
 mod reconcile;
+mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,10 +33,14 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::channel::Prefix;
+use crate::history::request::Receiver as Requests;
+use crate::history::Rules;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use history::History;
 use reconcile::{BatchError, Reconciler};
+use store::Store;
 
 /// Most publications taken from the connection in one go.
 const READ_BATCH: usize = 128;
@@ -44,6 +50,8 @@ const READ_BATCH: usize = 128;
 pub struct Settings {
     pub url: String,
     pub prefix: Prefix,
+    /// History channels; none: no command connection and no function library.
+    pub history: Rules,
     pub probe_interval: Duration,
     pub timeout: Duration,
     pub backoff_base: Duration,
@@ -136,7 +144,11 @@ impl Subscriber {
     /// rounds. Woken from this thread, every session goes through the shared queue, first
     /// in first out, so each waits at most one round. Measured interleaved, fanout 5,000
     /// clients x 200/s, p99: 391 / 331 / 314 ms before, 115 / 125 / 100 ms after.
-    pub fn spawn(self, shutdown: CancellationToken) -> std::io::Result<oneshot::Receiver<()>> {
+    pub fn spawn(
+        self,
+        requests: Requests,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -144,20 +156,20 @@ impl Subscriber {
         std::thread::Builder::new()
             .name("herald-redis".into())
             .spawn(move || {
-                runtime.block_on(self.run(shutdown));
+                runtime.block_on(self.run(requests, shutdown));
                 let _ = stopped.send(());
             })?;
         Ok(on_stop)
     }
 
     /// Runs until `shutdown`; a lost connection always leads to a reconnect.
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, mut requests: Requests, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
         let mut outage = Outage::default();
         loop {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                lost = self.serve(&mut backoff, &mut outage) => lost,
+                lost = self.serve(&mut backoff, &mut outage, &mut requests) => lost,
             };
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
@@ -169,20 +181,44 @@ impl Subscriber {
             } else {
                 debug!(cause = %lost, retry_in = ?wait, "redis subscriber still down");
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            // While down, requests cannot be served: dropping one answers "cannot tell".
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut sleep => break,
+                    Some(request) = requests.recv() => drop(request),
+                }
             }
         }
     }
 
     /// One connection's life; returns only when it is lost.
-    async fn serve(&self, backoff: &mut Backoff, outage: &mut Outage) -> Lost {
+    async fn serve(
+        &self,
+        backoff: &mut Backoff,
+        outage: &mut Outage,
+        requests: &mut Requests,
+    ) -> Lost {
         let timeout = self.settings.timeout;
         let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => return Lost::Connect(e.to_string()),
             Err(_) => return Lost::Connect(format!("no answer within {timeout:?}")),
+        };
+        let store = if self.settings.history.is_empty() {
+            None
+        } else {
+            let mut store = match Store::connect(&self.client, timeout).await {
+                Ok(store) => store,
+                Err(e) => return Lost::Connect(e),
+            };
+            let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
+            if let Err(e) = store.load_library(prefix, rules).await {
+                return Lost::Batch(e);
+            }
+            Some(store)
         };
         let (sink, stream) = pubsub.split();
         let mut reconciler = Reconciler::new(
@@ -192,10 +228,16 @@ impl Subscriber {
             &self.metrics,
             timeout,
         );
-        let resubscribed = match reconciler.resubscribe_all().await {
-            Ok(count) => count,
+        let tapes = match reconciler.resubscribe_all().await {
+            Ok(tapes) => tapes,
             Err(e) => return Lost::Batch(e),
         };
+        let resubscribed = tapes.len();
+        let mut history = History::new(store, &self.hub, &self.settings.prefix, &self.metrics);
+        if let Err(e) = history.fill(&tapes).await {
+            return Lost::Batch(e);
+        }
+        drop(tapes);
 
         backoff.reset();
         let ended = outage.end();
@@ -216,7 +258,7 @@ impl Subscriber {
 
         tokio::select! {
             lost = self.read(stream) => lost,
-            lost = self.control(&mut reconciler) => lost,
+            lost = self.control(&mut reconciler, &mut history, requests) => lost,
         }
     }
 
@@ -247,15 +289,38 @@ impl Subscriber {
         Lost::StreamEnded
     }
 
-    /// Follows the hub's changes and probes liveness, on the same connection.
-    async fn control(&self, reconciler: &mut Reconciler<'_>) -> Lost {
+    /// Follows the hub's changes, answers the sessions' history requests and probes
+    /// liveness, on the same connection.
+    async fn control(
+        &self,
+        reconciler: &mut Reconciler<'_>,
+        history: &mut History<'_>,
+        requests: &mut Requests,
+    ) -> Lost {
         let interval = self.settings.probe_interval;
         let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.hub.changed() => {
-                    if let Err(e) = reconciler.reconcile().await {
+                    let added = match reconciler.reconcile().await {
+                        Ok(added) => added,
+                        Err(e) => return Lost::Batch(e),
+                    };
+                    if let Err(e) = history.anchor(&added).await {
+                        return Lost::Batch(e);
+                    }
+                    if let Err(e) = history.serve().await {
+                        return Lost::Batch(e);
+                    }
+                }
+                Some(request) = requests.recv() => {
+                    // Take every request already queued: one read per channel serves them.
+                    history.take(request);
+                    while let Ok(request) = requests.try_recv() {
+                        history.take(request);
+                    }
+                    if let Err(e) = history.serve().await {
                         return Lost::Batch(e);
                     }
                 }

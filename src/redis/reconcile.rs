@@ -5,6 +5,7 @@
 //! reconnect resubscribes the hub's whole union, so nothing a client asked for is lost.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::PubSubSink;
@@ -12,6 +13,7 @@ use redis::aio::PubSubSink;
 use crate::channel::{Name, Prefix};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::tape::Tape;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE: large enough to resubscribe thousands quickly,
 /// small enough that one command stays far below Redis's query buffer limits
@@ -68,19 +70,25 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// On a fresh connection: subscribes the union clients hold now; returns its size.
-    pub async fn resubscribe_all(&mut self) -> Result<usize, BatchError> {
+    /// On a fresh connection: subscribes the union clients hold now; returns their tapes.
+    /// History channels hold their live publications from here until they are filled.
+    pub async fn resubscribe_all(&mut self) -> Result<Vec<Arc<Tape>>, BatchError> {
         // Changes from here on stay marked and are handled by `reconcile`; those before
         // are all reflected in the snapshot.
         self.hub.take_dirty();
-        let live = self.hub.live_channels();
+        let tapes = self.hub.live_tapes();
+        for tape in &tapes {
+            tape.begin_fill();
+        }
+        let live: Vec<Name> = tapes.iter().map(|tape| tape.name().clone()).collect();
         self.apply(Kind::Subscribe, &live).await?;
-        Ok(live.len())
+        Ok(tapes)
     }
 
     /// Handles the channels marked since the last call, checking each against live counts,
     /// so a last-unsubscribe that raced a new subscribe never unsubscribes a held channel.
-    pub async fn reconcile(&mut self) -> Result<(), BatchError> {
+    /// Returns the channels it subscribed.
+    pub async fn reconcile(&mut self) -> Result<Vec<Name>, BatchError> {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for name in self.hub.take_dirty() {
             match (self.hub.is_live(&name), self.on_redis.contains(&name)) {
@@ -90,7 +98,8 @@ impl<'a> Reconciler<'a> {
             }
         }
         self.apply(Kind::Subscribe, &add).await?;
-        self.apply(Kind::Unsubscribe, &remove).await
+        self.apply(Kind::Unsubscribe, &remove).await?;
+        Ok(add)
     }
 
     /// A PING in subscribed mode: proves the connection still carries traffic both ways.

@@ -5,9 +5,13 @@
 //! expiry, a client frame, the heartbeat, or queued publications (one batch, one flush).
 
 mod requests;
+mod resume;
 mod subscriptions;
 mod writer;
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Grant};
+use crate::history::request::Sender as HistoryRequests;
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
 use crate::metrics::Metrics;
@@ -43,6 +48,8 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub drain_period: Duration,
     pub rate: RateSettings,
+    /// Longest a subscribe's `ok` waits for Redis (history channels).
+    pub history_wait: Duration,
 }
 
 /// What every session shares.
@@ -53,6 +60,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Cancelled when the instance starts draining.
     pub drain: CancellationToken,
+    /// Requests to the Redis thread for history channels.
+    pub history: HistoryRequests,
     /// Tells sessions of different instances apart in `welcome`.
     instance: u32,
     next_id: AtomicU64,
@@ -65,8 +74,10 @@ impl Shared {
         metrics: Metrics,
         settings: Settings,
         drain: CancellationToken,
+        history: HistoryRequests,
     ) -> Self {
         Shared {
+            history,
             hub,
             auth,
             metrics,
@@ -105,7 +116,14 @@ pub async fn run<S>(
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let inbox = Arc::new(Inbox::new());
     let subs = Subscriptions::new(id, inbox.clone(), shared.hub.clone(), settings.limits);
-    let mut requests = Requests::new(subs, grant, shared.auth.clone(), settings.rate);
+    let mut requests = Requests::new(
+        subs,
+        grant,
+        shared.auth.clone(),
+        settings.rate,
+        shared.history.clone(),
+        shared.metrics.clone(),
+    );
     if let Err(refusal) = requests.subscribe_initial(&initial) {
         // Checked before the upgrade with the same rule, so this is a bug, not client input.
         tracing::error!(message = %refusal.message, "query channels refused after upgrade");
@@ -184,6 +202,9 @@ where
     tokio::pin!(drain);
     // The tapes the inbox marked, taken each turn; the buffer is reused.
     let mut tapes = Vec::new();
+    // A subscribe whose `ok` waits for Redis. Meanwhile neither client frames (replies
+    // stay in request order) nor publications (they follow the `ok`) are read.
+    let mut waiting: Option<Pin<Box<Waiting>>> = None;
 
     loop {
         // Biased, with publications last: a steady stream keeps the inbox always ready,
@@ -198,7 +219,16 @@ where
             }
             _ = sleep_until(close_at), if close_at.is_some() => return End::GoingAway,
             _ = sleep_until(expires_at), if expires_at.is_some() => return End::TokenExpired,
-            incoming = ws.next() => {
+            (pending, answers) = wait(&mut waiting), if waiting.is_some() => {
+                waiting = None;
+                let (ok, frames) = requests.finish(pending, answers);
+                let mut frames = VecDeque::from(frames);
+                match send_all(ws, [Message::Text(ok.into())], settings.write_timeout).await {
+                    Ok(()) => send_batch(ws, &mut frames, [], settings.write_timeout).await,
+                    failed => failed,
+                }
+            }
+            incoming = ws.next(), if waiting.is_none() => {
                 last_seen = Instant::now();
                 let message = match incoming {
                     None => return End::Gone,
@@ -219,6 +249,10 @@ where
                         expires_at = requests.expires_at();
                         send_all(ws, [Message::Text(text.into())], settings.write_timeout).await
                     }
+                    Verdict::Wait(pending) => {
+                        waiting = Some(Box::pin(pending.wait(settings.history_wait)));
+                        Ok(())
+                    }
                     Verdict::Nothing => Ok(()),
                     Verdict::Abusive => return End::RateLimited,
                 }
@@ -229,7 +263,7 @@ where
                 }
                 send_all(ws, [Message::Ping(Default::default())], settings.write_timeout).await
             }
-            _ = inbox.ready() => {
+            _ = inbox.ready(), if waiting.is_none() => {
                 inbox.take(&mut tapes);
                 requests.subs.read(&mut tapes, batch);
                 let missed: u64 = batch.missed.iter().map(|(_, count)| count).sum();
@@ -246,6 +280,18 @@ where
             Err(WriteError::Stuck) => return End::SlowConsumer,
             Err(WriteError::Broken) => return End::Gone,
         }
+    }
+}
+
+/// A subscribe waiting for Redis, and then its answers.
+type Waiting = dyn Future<Output = (resume::Pending, resume::Answers)> + Send;
+
+/// Resolves when the waiting subscribe has its answers; its branch is disabled while
+/// there is none.
+async fn wait(waiting: &mut Option<Pin<Box<Waiting>>>) -> (resume::Pending, resume::Answers) {
+    match waiting {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 

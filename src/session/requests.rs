@@ -11,8 +11,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::resume::{self, Pending};
 use super::subscriptions::Subscriptions;
 use crate::auth::{Auth, Grant};
+use crate::history::request::Sender as HistoryRequests;
+use crate::metrics::Metrics;
 use crate::protocol::{self, Code, Op, Refusal, Request};
 
 /// The request budget of one connection.
@@ -29,6 +32,8 @@ pub struct RateSettings {
 /// What to do after a client frame.
 pub enum Verdict {
     Reply(String),
+    /// A subscribe whose `ok` waits for Redis (history channels; see `resume`).
+    Wait(Pending),
     Nothing,
     /// The client exhausted its refusals: close it.
     Abusive,
@@ -40,11 +45,22 @@ pub struct Requests {
     auth: Arc<Auth>,
     limiter: DefaultDirectRateLimiter,
     strikes_left: u32,
+    history: HistoryRequests,
+    metrics: Metrics,
 }
 
 impl Requests {
-    pub fn new(subs: Subscriptions, grant: Grant, auth: Arc<Auth>, rate: RateSettings) -> Self {
+    pub fn new(
+        subs: Subscriptions,
+        grant: Grant,
+        auth: Arc<Auth>,
+        rate: RateSettings,
+        history: HistoryRequests,
+        metrics: Metrics,
+    ) -> Self {
         Requests {
+            history,
+            metrics,
             subs,
             grant,
             auth,
@@ -60,6 +76,7 @@ impl Requests {
         let (auth, grant) = (&self.auth, &self.grant);
         self.subs
             .subscribe(&None, names, |name| auth.allows(grant, name))
+            .map(drop)
     }
 
     /// When the credentials stop being valid, as a timer deadline.
@@ -105,21 +122,45 @@ impl Requests {
             Ok(request) => self.answer(request),
             Err(refusal) => Err(refusal),
         };
-        Verdict::Reply(reply.unwrap_or_else(|refusal| protocol::error(&refusal)))
+        reply.unwrap_or_else(|refusal| Verdict::Reply(protocol::error(&refusal)))
     }
 
-    fn answer(&mut self, Request { id, op }: Request) -> Result<String, Refusal> {
+    /// The `ok` and history frames of a subscribe that waited; see `resume`.
+    pub fn finish(&mut self, pending: Pending, answers: resume::Answers) -> (String, Vec<crate::payload::Frame>) {
+        pending.finish(&mut self.subs, answers, &self.metrics)
+    }
+
+    fn answer(&mut self, Request { id, op }: Request) -> Result<Verdict, Refusal> {
         match op {
-            Op::Ping => Ok(protocol::pong(&id)),
-            Op::Subscribe(names) => {
+            Op::Ping => Ok(Verdict::Reply(protocol::pong(&id))),
+            Op::Subscribe(names, since) => {
+                if let Some((name, _)) = since.iter().find(|(name, _)| self.subs.holds(name)) {
+                    let message = format!(
+                        "since names {name:?}, which this connection already holds; \
+                         unsubscribe first to resume it"
+                    );
+                    return Err(Refusal::new(id, Code::BadRequest, message));
+                }
                 let (auth, grant) = (&self.auth, &self.grant);
-                self.subs
+                let joined = self
+                    .subs
                     .subscribe(&id, &names, |name| auth.allows(grant, name))?;
-                Ok(protocol::ok(&id, &self.subs.names()))
+                let planned = resume::plan(
+                    &mut self.subs,
+                    id,
+                    &joined,
+                    since,
+                    &self.history,
+                    &self.metrics,
+                );
+                Ok(match planned {
+                    Ok(reply) => Verdict::Reply(reply),
+                    Err(pending) => Verdict::Wait(pending),
+                })
             }
             Op::Unsubscribe(names) => {
                 self.subs.unsubscribe(&names);
-                Ok(protocol::ok(&id, &self.subs.names()))
+                Ok(Verdict::Reply(protocol::ok(&id, &self.subs.names())))
             }
             Op::Refresh(token) => {
                 let grant = self
@@ -134,7 +175,7 @@ impl Requests {
                 // Channels the new token no longer allows are left; the reply shows the set.
                 let (auth, grant) = (&self.auth, &self.grant);
                 self.subs.retain(|name| auth.allows(grant, name));
-                Ok(protocol::ok(&id, &self.subs.names()))
+                Ok(Verdict::Reply(protocol::ok(&id, &self.subs.names())))
             }
         }
     }

@@ -8,10 +8,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::channel::{self, Name};
-use crate::hub::{Hub, SessionId};
+use crate::history::sequence::Read;
+use crate::history::Position;
+use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
+use crate::payload::Frame;
 use crate::protocol::{Code, Id, Refusal};
-use crate::tape::{Cursor, Tape};
+use crate::tape::{Cursor, Resume, SessionId, Tape};
 
 /// The size limits a subscribe request must keep.
 #[derive(Debug, Clone, Copy)]
@@ -45,23 +48,51 @@ impl Subscriptions {
     }
 
     /// Subscribes to every name or, when any is refused, to none. `allowed` says what the
-    /// connection's credentials permit.
+    /// connection's credentials permit. Returns the tapes newly joined.
     pub fn subscribe(
         &mut self,
         id: &Id,
         names: &[impl AsRef<str>],
         allowed: impl Fn(&str) -> bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<Arc<Tape>>, Refusal> {
         check(id, names, self.limits, &self.names(), allowed)?;
+        let mut joined = Vec::new();
         for name in names {
             let name = name.as_ref();
             if self.find(name).is_none() {
                 let (tape, cursor) = self.hub.subscribe(name, self.session, &self.inbox);
                 let at = self.position(&tape).unwrap_or_else(|at| at);
-                self.held.insert(at, (tape, cursor));
+                self.held.insert(at, (tape.clone(), cursor));
+                joined.push(tape);
             }
         }
-        Ok(())
+        Ok(joined)
+    }
+
+    /// Whether the connection holds `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// Resumes a just-joined history tape after `since`, from what it holds in memory.
+    pub fn resume(&mut self, tape: &Arc<Tape>, since: &Position) -> Resume {
+        let Ok(at) = self.position(tape) else {
+            return Resume::NotRecovered;
+        };
+        let cursor = &mut self.held[at].1;
+        tape.resume(cursor, self.session, &self.inbox, since)
+    }
+
+    /// Completes a resume with what Redis read; see `Tape::resume_with`.
+    pub fn resume_with(
+        &mut self,
+        tape: &Arc<Tape>,
+        since: &Position,
+        read: &Read,
+    ) -> Option<Vec<Frame>> {
+        let at = self.position(tape).ok()?;
+        let cursor = &mut self.held[at].1;
+        tape.resume_with(cursor, self.session, &self.inbox, since, read)
     }
 
     /// Unsubscribes; names not held are ignored.
@@ -190,6 +221,7 @@ mod tests {
         let hub = Arc::new(Hub::new(
             Metrics::new(prometheus::Registry::new()).unwrap(),
             4,
+            crate::history::Rules::default(),
         ));
         let inbox = Arc::new(Inbox::new());
         let limits = Limits {
@@ -217,8 +249,9 @@ mod tests {
         assert_eq!(refusal.code, Code::Forbidden);
         assert!(subs.names().is_empty() && !hub.is_live("a"));
 
-        subs.subscribe(&None, &["a", "b"], anything).unwrap();
-        subs.subscribe(&None, &["a", "b", "a"], anything).unwrap();
+        assert_eq!(subs.subscribe(&None, &["a", "b"], anything).unwrap().len(), 2);
+        let again = subs.subscribe(&None, &["a", "b", "a"], anything).unwrap();
+        assert!(again.is_empty(), "nothing newly joined");
         let refusal = subs.subscribe(&None, &["c"], anything).unwrap_err();
         assert_eq!(refusal.code, Code::TooManySubscriptions);
         let refusal = subs
