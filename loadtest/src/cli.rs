@@ -298,6 +298,11 @@ pub struct Resume {
     /// after the seam is checked too.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub tail: Duration,
+    /// Clients come back to this /ws URL instead of --target: another Herald instance on
+    /// the same Redis (same --history rules), so the resume reads Redis's history rather
+    /// than what the first instance holds in memory.
+    #[arg(long)]
+    pub rejoin_target: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

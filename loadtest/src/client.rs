@@ -69,14 +69,21 @@ pub struct Rejoin {
     pub index: u32,
     /// Its channels' names, in the order of its subscriptions.
     pub names: Vec<String>,
-    pub endpoint: Rc<Endpoint>,
+    /// Where to connect and the upgrade path, without channels (the subscribe op names
+    /// them): the same server or another instance sharing its Redis.
+    pub at: Rc<RejoinAt>,
     pub source: Option<Ipv4Addr>,
-    /// The upgrade path without channels (the subscribe op names them).
-    pub path: String,
     /// Deadline to connect, be welcomed and have the subscribe answered.
     pub timeout: Duration,
     /// Set once by the worker when the coordinator starts the wave.
     pub wave: watch::Receiver<Option<Wave>>,
+}
+
+/// Where clients come back to in the wave.
+pub struct RejoinAt {
+    pub endpoint: Endpoint,
+    /// The upgrade path without channels.
+    pub path: String,
 }
 
 /// Connects and, for Herald, waits for `welcome`: from then on the subscriptions named
@@ -283,7 +290,8 @@ impl Rejoin {
         dropped: u64,
     ) -> Result<Conn, String> {
         let seed = self.index ^ 0x8000_0000;
-        let mut conn = open(peer, &self.endpoint, self.source, &self.path, seed)
+        let at = &*self.at;
+        let mut conn = open(peer, &at.endpoint, self.source, &at.path, seed)
             .await
             .map_err(|e| e.kind())?;
         let welcomed = now_ns();

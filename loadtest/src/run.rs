@@ -45,18 +45,18 @@ impl Run {
         clients: u32,
         work: Duration,
     ) -> Result<Run, String> {
-        Run::start_with(scenario, common, layout, clients, work, false).await
+        Run::start_with(scenario, common, layout, clients, work, None).await
     }
 
-    /// As `start`; with `rejoin`, the clients take part in a reconnect wave when the
-    /// scenario starts one (`Fleet::start_wave`).
+    /// As `start`; with `rejoin` (a target URL), the clients take part in a reconnect wave
+    /// when the scenario starts one (`Fleet::start_wave`) and come back to that target.
     pub async fn start_with(
         scenario: &'static str,
         common: &Common,
         layout: Layout,
         clients: u32,
         work: Duration,
-        rejoin: bool,
+        rejoin: Option<&str>,
     ) -> Result<Run, String> {
         if clients == 0 {
             return Err("--clients must be at least 1".into());
@@ -65,6 +65,10 @@ impl Run {
             return Err("--publish is for Herald; Nchan is published to by HTTP POST".into());
         }
         let peer = Peer::new(common.peer, &common.target)?;
+        let rejoin = match rejoin {
+            Some(target) => Some(Peer::new(common.peer, target)?),
+            None => None,
+        };
         let source_addrs = match &common.source_addrs {
             Some(raw) => sources::parse(raw)?,
             None => Vec::new(),
@@ -99,7 +103,7 @@ impl Run {
                 connect_timeout_ms: common.connect_timeout.as_millis() as u64,
                 lifetime_ms: lifetime.as_millis() as u64,
                 not_before_ns: stamp::now_ns(),
-                rejoin,
+                rejoin: rejoin.clone(),
             })
             .collect();
 

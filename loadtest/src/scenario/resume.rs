@@ -44,6 +44,9 @@ const NAMED: [&str; 4] = ["fcall", "fcall_ro", "xrange", "hget"];
 struct Outcome {
     rate: f64,
     spread_s: f64,
+    /// Where the clients came back to, when not --target (another instance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejoin_target: Option<String>,
     /// From the first client's drop until the last client caught up; None if some client
     /// had neither caught up nor failed by `--catch-up-timeout`.
     all_caught_up_after_s: Option<f64>,
@@ -93,7 +96,16 @@ pub async fn run(mut args: Resume) -> Result<RunReport, String> {
     let wave_max = LEAD + args.spread + args.catch_up_timeout + args.tail;
     let work = args.warmup + wave_max;
     let layout = Layout::OneChannel;
-    let mut run = Run::start_with("resume", &args.common, layout, args.clients, work, true).await?;
+    let rejoin = args.rejoin_target.as_deref().unwrap_or(&args.common.target);
+    let mut run = Run::start_with(
+        "resume",
+        &args.common,
+        layout,
+        args.clients,
+        work,
+        Some(rejoin),
+    )
+    .await?;
     let stream = || Stream {
         channels: vec![0],
         rate: args.rate,
@@ -147,6 +159,7 @@ pub async fn run(mut args: Resume) -> Result<RunReport, String> {
     let outcome = Outcome {
         rate: args.rate,
         spread_s: spread.as_secs_f64(),
+        rejoin_target: args.rejoin_target.clone(),
         all_caught_up_after_s: over
             .map(|_| wave.last_caught_up_ns.saturating_sub(window.start_ns) as f64 / 1e9),
         wave,
@@ -316,6 +329,9 @@ impl Outcome {
                 r.named(|n| format!("{:.0}", r.beyond_steady.get(n).copied().unwrap_or(0.0)))
             ),
         ];
+        if let Some(target) = &self.rejoin_target {
+            text.insert(1, format!("             the clients came back to {target}"));
+        }
         for (why, n) in &w.failed {
             text.push(format!("             failed: {n} × {why}"));
         }

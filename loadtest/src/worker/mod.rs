@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::LocalSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::client::{self, Rejoin};
+use crate::client::{self, Rejoin, RejoinAt};
 use crate::events::{self, Event, Ready, Report};
 use crate::peer::Endpoint;
 use crate::plan::{channel_name, Plan};
@@ -71,6 +71,14 @@ async fn run() -> Result<(), String> {
         }
     }
     let endpoint = Rc::new(plan.peer.endpoint()?);
+    // Where clients come back to in a reconnect wave, with its upgrade path (no channels).
+    let rejoin_at = match &plan.rejoin {
+        Some(peer) => Some(Rc::new(RejoinAt {
+            endpoint: peer.endpoint()?,
+            path: peer.request_path(&[], plan.token.as_deref())?,
+        })),
+        None => None,
+    };
     let wake = Rc::new(Notify::new());
     let state = Rc::new(RefCell::new(State::new(wake.clone(), plan.not_before_ns)));
     let gate = Rc::new(Semaphore::new(plan.connect_concurrency.max(1)));
@@ -84,7 +92,7 @@ async fn run() -> Result<(), String> {
             endpoint.clone(),
             state.clone(),
             gate.clone(),
-            plan.rejoin.then(|| wave_rx.clone()),
+            rejoin_at.clone().map(|at| (at, wave_rx.clone())),
         );
         tokio::task::spawn_local(task);
     }
@@ -151,7 +159,7 @@ async fn client_task(
     endpoint: Rc<Endpoint>,
     state: Rc<RefCell<State>>,
     gate: Rc<Semaphore>,
-    wave: Option<watch::Receiver<Option<Wave>>>,
+    wave: Option<(Rc<RejoinAt>, watch::Receiver<Option<Wave>>)>,
 ) {
     let channels = plan.layout.channels_of(index);
     let names: Vec<String> = channels
@@ -182,21 +190,14 @@ async fn client_task(
     state
         .borrow_mut()
         .connected(started.elapsed().as_micros() as u64);
-    let rejoin = match wave {
-        Some(wave) => match plan.peer.request_path(&[], plan.token.as_deref()) {
-            Ok(path) => Some(Rejoin {
-                index,
-                names,
-                endpoint,
-                source,
-                path,
-                timeout: deadline,
-                wave,
-            }),
-            Err(e) => return state.borrow_mut().ended(e, false),
-        },
-        None => None,
-    };
+    let rejoin = wave.map(|(at, wave)| Rejoin {
+        index,
+        names,
+        at,
+        source,
+        timeout: deadline,
+        wave,
+    });
     client.run(&plan.peer, &state, rejoin).await;
 }
 
