@@ -148,14 +148,25 @@ impl Tape {
         items: impl IntoIterator<Item = (Option<(&'a str, u64)>, Frame)>,
     ) -> u64 {
         let mut state = self.lock();
-        let mut out = Vec::new();
-        for (offset, frame) in items {
-            match (&mut state.sequence, offset) {
-                (Some(sequence), Some((epoch, n))) => sequence.live(epoch, n, frame, &mut out),
-                (_, offset) => out.push(Out::Frame(offset.map_or(0, |(_, n)| n), frame)),
+        let number = |offset: Option<(&str, u64)>| offset.map_or(0, |(_, n)| n);
+        let (frames, _) = match &mut state.sequence {
+            // The plain fan-out path: straight onto the tape, no list in between.
+            None => {
+                let items = items.into_iter();
+                let out = items.map(|(offset, frame)| Out::Frame(number(offset), frame));
+                self.put(&mut state, out)
             }
-        }
-        let (frames, _) = self.put(&mut state, out);
+            Some(sequence) => {
+                let mut out = Vec::new();
+                for (offset, frame) in items {
+                    match offset {
+                        Some((epoch, n)) => sequence.live(epoch, n, frame, &mut out),
+                        None => out.push(Out::Frame(0, frame)),
+                    }
+                }
+                self.put(&mut state, out)
+            }
+        };
         frames * state.subscribers as u64
     }
 
@@ -170,7 +181,10 @@ impl Tape {
     /// Whether a history read can be answered for this tape now: anchored, and not
     /// waiting for a fill. Always true for a channel without history.
     pub fn is_settled(&self) -> bool {
-        self.lock().sequence.as_ref().is_none_or(Sequence::is_settled)
+        self.lock()
+            .sequence
+            .as_ref()
+            .is_none_or(Sequence::is_settled)
     }
 
     /// Where a fill must read from: `None` when there is nothing to fill (no history,
@@ -245,13 +259,21 @@ impl Tape {
             return Resume::Recovered; // nothing missed: the cursor stays at the head
         }
         let wanted = since.n + 1;
-        match state.frames.iter().position(|e| e.number >= wanted && e.number != 0) {
-            Some(at) if state.frames[at].number == wanted => {
+        let oldest = state
+            .frames
+            .iter()
+            .find(|e| e.number != 0)
+            .map(|e| e.number);
+        if oldest.is_none_or(|oldest| oldest > wanted) {
+            return Resume::NeedRedis; // older than the tape holds
+        }
+        match state.frames.iter().position(|e| e.number == wanted) {
+            Some(at) => {
                 self.rewind(&mut state, cursor, at, session, inbox);
                 Resume::Recovered
             }
-            Some(0) | None => Resume::NeedRedis,
-            Some(_) => Resume::NotRecovered,
+            // Behind a gap: the numbers before it are not this history's.
+            None => Resume::NotRecovered,
         }
     }
 
@@ -314,10 +336,7 @@ impl Tape {
 
     /// Puts `out` on the tape in order, drops what exceeds the capacity and tells the
     /// waiting subscribers. Returns (publications appended, gap frames x subscribers).
-    fn put(self: &Arc<Self>, state: &mut State, out: Vec<Out>) -> (u64, u64) {
-        if out.is_empty() {
-            return (0, 0);
-        }
+    fn put(self: &Arc<Self>, state: &mut State, out: impl IntoIterator<Item = Out>) -> (u64, u64) {
         let (mut frames, mut gaps) = (0, 0);
         for item in out {
             let entry = match item {
@@ -339,6 +358,9 @@ impl Tape {
                 }
             };
             state.frames.push_back(entry);
+        }
+        if frames + gaps == 0 {
+            return (0, 0);
         }
         let over = state.frames.len().saturating_sub(self.capacity);
         if over > 0 {
@@ -386,9 +408,13 @@ impl Tape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::sequence::Read;
 
     fn frames(texts: &[&str]) -> Vec<(Option<(&'static str, u64)>, Frame)> {
-        texts.iter().map(|text| (None, text.to_string().into())).collect()
+        texts
+            .iter()
+            .map(|text| (None, text.to_string().into()))
+            .collect()
     }
 
     fn texts(out: &VecDeque<Frame>) -> Vec<&str> {
@@ -486,5 +512,149 @@ mod tests {
         tape.publish(frames(&["2"]));
         assert_eq!(one.read(&tape), (0, true));
         assert_eq!(texts(&one.out), ["1", "2"]);
+    }
+
+    fn rule(size: usize) -> Rule {
+        Rule {
+            pattern: "*".into(),
+            size,
+            ttl: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Publications numbered `numbers` in epoch "e", as the Redis reader hands them over.
+    fn kept(numbers: impl IntoIterator<Item = u64>) -> Vec<(Option<(&'static str, u64)>, Frame)> {
+        numbers
+            .into_iter()
+            .map(|n| (Some(("e", n)), Frame::from(n.to_string())))
+            .collect()
+    }
+
+    fn at(n: u64) -> Position {
+        Position {
+            epoch: "e".into(),
+            n,
+        }
+    }
+
+    /// A history tape anchored at `top` in epoch "e" with one subscriber that read all.
+    fn anchored(size: usize, capacity: usize, top: u64) -> (Arc<Tape>, Reader) {
+        let tape = Arc::new(Tape::new("c".into(), capacity, Some(&rule(size))));
+        let reader = Reader::join(&tape, 1);
+        let read = Read {
+            epoch: Some("e".into()),
+            top,
+            entries: Vec::new(),
+        };
+        tape.anchor(&read);
+        (tape, reader)
+    }
+
+    #[test]
+    fn a_history_tape_resumes_from_memory_what_it_still_holds() {
+        let (tape, mut reader) = anchored(3, 8, 0);
+        tape.publish(kept(1..=5));
+        reader.read(&tape);
+        // Read by all, yet the last 3 (the history size) stay for resumes.
+        let mut late = Reader::join(&tape, 2);
+        assert_eq!(
+            tape.resume(&mut late.cursor, 2, &late.inbox, &at(2)),
+            Resume::Recovered
+        );
+        assert_eq!(late.read(&tape), (0, true), "told it has frames");
+        assert_eq!(texts(&late.out), ["3", "4", "5"]);
+        // Up to date: nothing to send, still recovered.
+        let mut current = Reader::join(&tape, 3);
+        assert_eq!(
+            tape.resume(&mut current.cursor, 3, &current.inbox, &at(5)),
+            Resume::Recovered
+        );
+        assert_eq!(current.read(&tape), (0, false));
+        // Older than it holds: only Redis can tell. Another epoch, or ahead: never.
+        let mut old = Reader::join(&tape, 4);
+        assert_eq!(
+            tape.resume(&mut old.cursor, 4, &old.inbox, &at(1)),
+            Resume::NeedRedis
+        );
+        let other = Position {
+            epoch: "x".into(),
+            n: 3,
+        };
+        assert_eq!(
+            tape.resume(&mut old.cursor, 4, &old.inbox, &other),
+            Resume::NotRecovered
+        );
+        assert_eq!(
+            tape.resume(&mut old.cursor, 4, &old.inbox, &at(9)),
+            Resume::NotRecovered
+        );
+    }
+
+    #[test]
+    fn a_resume_from_redis_joins_the_tape_without_hole_or_repeat() {
+        let (tape, mut reader) = anchored(2, 8, 0);
+        tape.publish(kept(1..=6));
+        reader.read(&tape); // the tape keeps 5 and 6
+        let mut back = Reader::join(&tape, 2);
+        assert_eq!(
+            tape.resume(&mut back.cursor, 2, &back.inbox, &at(1)),
+            Resume::NeedRedis
+        );
+        // Redis answers 2..=6 (read after the join); meanwhile 7 arrived live.
+        tape.publish(kept([7]));
+        let read = Read {
+            epoch: Some("e".into()),
+            top: 6,
+            entries: kept(2..=6)
+                .into_iter()
+                .map(|(o, f)| (o.unwrap().1, f))
+                .collect(),
+        };
+        let first = tape
+            .resume_with(&mut back.cursor, 2, &back.inbox, &at(1), &read)
+            .expect("recovered");
+        let first: Vec<&str> = first.iter().map(|f| f.as_str()).collect();
+        assert_eq!(first, ["2", "3", "4"], "what the tape no longer holds");
+        back.read(&tape);
+        assert_eq!(texts(&back.out), ["5", "6", "7"]);
+        // A read that does not reach the tape's oldest frame cannot recover.
+        let short = Read {
+            epoch: Some("e".into()),
+            top: 6,
+            entries: vec![(2, Frame::from("2".to_string()))],
+        };
+        let mut other = Reader::join(&tape, 3);
+        assert!(tape
+            .resume_with(&mut other.cursor, 3, &other.inbox, &at(1), &short)
+            .is_none());
+    }
+
+    #[test]
+    fn a_fill_puts_the_missed_before_the_held_for_every_subscriber() {
+        let (tape, mut reader) = anchored(10, 8, 0);
+        tape.publish(kept([1]));
+        tape.begin_fill();
+        assert!(!tape.is_settled());
+        assert_eq!(tape.fill_after(), Some(1));
+        tape.publish(kept([4, 5])); // live after resubscribing; 2 and 3 were missed
+        let read = Read {
+            epoch: Some("e".into()),
+            top: 4,
+            entries: kept(2..=4)
+                .into_iter()
+                .map(|(o, f)| (o.unwrap().1, f))
+                .collect(),
+        };
+        let filled = tape.end_fill(&read);
+        let expected = Filled {
+            publications: 3,
+            gaps: 0,
+        };
+        assert_eq!(
+            filled, expected,
+            "4 came from history; its live copy was dropped"
+        );
+        reader.read(&tape);
+        assert_eq!(texts(&reader.out), ["1", "2", "3", "4", "5"]);
     }
 }

@@ -23,7 +23,10 @@ pub const META_TTL_SECS: u64 = 30 * 24 * 3600;
 /// The meta hash and stream keys of Redis channel `channel`. Both carry the channel name
 /// as hash tag, so on a Cluster they live in the channel's slot (research notes, 1.1).
 pub fn keys(channel: &str) -> (String, String) {
-    (format!("herald:{{{channel}}}:m"), format!("herald:{{{channel}}}:s"))
+    (
+        format!("herald:{{{channel}}}:m"),
+        format!("herald:{{{channel}}}:s"),
+    )
 }
 
 /// An `after` beyond any offset: `herald_history` then answers epoch and top only.

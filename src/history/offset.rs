@@ -80,7 +80,8 @@ pub fn open_envelope(payload: &[u8]) -> (Option<(&str, u64)>, &[u8]) {
         return plain;
     };
     // The epoch goes into JSON as is: only the digits Herald mints are taken.
-    let epoch_ok = !epoch.is_empty() && epoch.len() <= 40 && epoch.bytes().all(|b| b.is_ascii_digit());
+    let epoch_ok =
+        !epoch.is_empty() && epoch.len() <= 40 && epoch.bytes().all(|b| b.is_ascii_digit());
     match parse_number(n.as_bytes()) {
         Some(n) if epoch_ok => (Some((epoch, n)), &rest[end + 1..]),
         _ => plain,
@@ -120,7 +121,10 @@ mod tests {
     fn envelopes_open_and_plain_payloads_pass_through() {
         let kept = b"\0herald1:17:5\0{\"x\":1}";
         assert_eq!(open_envelope(kept), (Some(("17", 5)), &b"{\"x\":1}"[..]));
-        assert_eq!(open_envelope(b"\0herald1:17:5\0"), (Some(("17", 5)), &b""[..]));
+        assert_eq!(
+            open_envelope(b"\0herald1:17:5\0"),
+            (Some(("17", 5)), &b""[..])
+        );
         for plain in [
             &b"{\"x\":1}"[..],
             b"",

@@ -119,57 +119,55 @@ impl Sequence {
     /// a hole neither covers becomes a `Gap`. Returns how many came from history.
     pub fn end_fill(&mut self, read: &Read, out: &mut Vec<Out>) -> u64 {
         self.filling = false;
-        let mut from_history = 0;
-        match (self.next, &self.epoch) {
-            (None, _) => self.anchor(read, out),
-            (Some(next), Some(epoch)) if read.epoch.as_ref() == Some(epoch) => {
-                let mut next = next;
-                for (n, frame) in &read.entries {
-                    if *n < next {
-                        continue;
-                    }
-                    if *n > next {
-                        out.push(Out::Gap);
-                    }
-                    out.push(Out::Frame(*n, frame.clone()));
-                    from_history += 1;
-                    next = n + 1;
-                }
-                if read.top >= next && read.entries.last().is_none_or(|(n, _)| *n < read.top) {
-                    // Numbers up to `top` exist but were not readable (trimmed or expired).
-                    out.push(Out::Gap);
-                    next = read.top + 1;
-                }
-                self.next = Some(next);
-            }
-            // No epoch known yet and nothing ever delivered: nothing can have been missed
-            // before the first publication, which the read shows from its start.
-            (Some(next), None) if read.epoch.is_some() && read.entries.first().is_some_and(|(n, _)| *n == next) => {
+        let Some(next) = self.next else {
+            self.anchor(read, out);
+            self.release_held(out);
+            return 0;
+        };
+        let start = match &self.epoch {
+            Some(epoch) if read.epoch.as_ref() == Some(epoch) => next,
+            // Anchored before anything was ever published: nothing can have been missed
+            // but what the read shows from the channel's first publication on.
+            None if read.epoch.is_none() || read.top < next => {
                 self.epoch = read.epoch.clone();
-                let mut last = next - 1;
-                for (n, frame) in &read.entries {
-                    if *n != last + 1 {
-                        out.push(Out::Gap);
-                    }
-                    out.push(Out::Frame(*n, frame.clone()));
-                    from_history += 1;
-                    last = *n;
-                }
-                self.next = Some(last + 1);
+                self.release_held(out);
+                return 0;
             }
-            (Some(next), None) if read.epoch.is_none() || read.top < next => {
-                // Still nothing published: nothing missed.
-                self.epoch = read.epoch.clone();
-            }
-            // The epoch changed (history lost) or history does not reach back.
+            None if read.entries.first().is_some_and(|(n, _)| *n == next) => next,
+            // The history was lost (a Redis restart without it) or replaced: whatever
+            // was published in between is unknown. The new epoch follows from its start.
             _ => {
                 out.push(Out::Gap);
-                self.epoch = read.epoch.clone();
-                self.next = Some(read.top + 1);
+                1
             }
-        }
+        };
+        self.epoch = read.epoch.clone();
+        let from_history = self.deliver(read, start, out);
         self.release_held(out);
         from_history
+    }
+
+    /// Delivers the entries of `read` numbered `start` and up, a `Gap` wherever numbers
+    /// skip or the read ends before its top (trimmed or expired); returns how many.
+    fn deliver(&mut self, read: &Read, start: u64, out: &mut Vec<Out>) -> u64 {
+        let (mut next, mut delivered) = (start, 0);
+        for (n, frame) in &read.entries {
+            if *n < next {
+                continue;
+            }
+            if *n > next {
+                out.push(Out::Gap);
+            }
+            out.push(Out::Frame(*n, frame.clone()));
+            delivered += 1;
+            next = n + 1;
+        }
+        if read.top >= next {
+            out.push(Out::Gap);
+            next = read.top + 1;
+        }
+        self.next = Some(next);
+        delivered
     }
 
     /// The held live publications, in order, after a fill.
@@ -270,9 +268,16 @@ mod tests {
         seq.begin_fill();
         let mut out = Vec::new();
         seq.live("new", 2, frame(2), &mut out);
+        // The new epoch's history is whole from its start: it follows the gap.
         seq.end_fill(&read("new", 1, [1]), &mut out);
-        assert_eq!(seen(&out), [0, 2]);
+        assert_eq!(seen(&out), [0, 1, 2]);
         assert_eq!(seq.epoch().map(|e| &**e), Some("new"));
+        // Redis came back empty: a gap, and numbering starts over.
+        seq.begin_fill();
+        let mut out = Vec::new();
+        seq.end_fill(&Read::default(), &mut out);
+        seq.live("newest", 1, frame(1), &mut out);
+        assert_eq!(seen(&out), [0, 1]);
         // Live, without an outage: a new epoch is a gap too.
         let mut out = Vec::new();
         seq.live("newer", 1, frame(1), &mut out);

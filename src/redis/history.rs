@@ -32,7 +32,12 @@ pub struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    pub fn new(store: Option<Store>, hub: &'a Hub, prefix: &'a Prefix, metrics: &'a Metrics) -> Self {
+    pub fn new(
+        store: Option<Store>,
+        hub: &'a Hub,
+        prefix: &'a Prefix,
+        metrics: &'a Metrics,
+    ) -> Self {
         History {
             store,
             hub,
@@ -61,7 +66,9 @@ impl<'a> History<'a> {
             filled.publications += one.publications;
             filled.gaps += one.gaps;
         }
-        self.metrics.gapfill_publications_total.inc_by(filled.publications);
+        self.metrics
+            .gapfill_publications_total
+            .inc_by(filled.publications);
         self.metrics.gaps_total.inc_by(filled.gaps);
         if !tapes.is_empty() {
             info!(

@@ -37,12 +37,18 @@ impl Store {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(source);
         let timeout = self.timeout;
-        within(timeout, cmd.query_async::<Value>(&mut self.conn)).await.map(drop)
+        within(timeout, cmd.query_async::<Value>(&mut self.conn))
+            .await
+            .map(drop)
     }
 
     /// Reads each channel's kept entries after its number (`library::TOP_ONLY`: only the
     /// epoch and top), encoding every entry once as the frame its subscribers share.
-    pub async fn read(&mut self, prefix: &Prefix, wanted: &[(Name, u64)]) -> Result<Vec<Read>, BatchError> {
+    pub async fn read(
+        &mut self,
+        prefix: &Prefix,
+        wanted: &[(Name, u64)],
+    ) -> Result<Vec<Read>, BatchError> {
         let mut reads = Vec::with_capacity(wanted.len());
         for batch in wanted.chunks(BATCH) {
             let mut pipe = redis::pipe();
@@ -53,7 +59,8 @@ impl Store {
                     .arg(prefix.to_redis(name))
                     .arg(*after);
             }
-            let replies: Vec<Value> = within(self.timeout, pipe.query_async(&mut self.conn)).await?;
+            let replies: Vec<Value> =
+                within(self.timeout, pipe.query_async(&mut self.conn)).await?;
             for ((name, _), reply) in batch.iter().zip(replies) {
                 reads.push(decode(name, reply));
             }
@@ -90,10 +97,16 @@ fn decode(name: &str, reply: Value) -> Read {
     };
     let mut entries = Vec::new();
     if let Some(epoch) = &epoch {
-        while let (Some(Value::Int(n)), Some(Value::BulkString(data))) = (items.next(), items.next()) {
+        while let (Some(Value::Int(n)), Some(Value::BulkString(data))) =
+            (items.next(), items.next())
+        {
             let n = n.max(0) as u64;
             entries.push((n, payload::message(name, &data, Some((epoch, n)))));
         }
     }
-    Read { epoch, top, entries }
+    Read {
+        epoch,
+        top,
+        entries,
+    }
 }

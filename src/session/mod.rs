@@ -124,9 +124,17 @@ pub async fn run<S>(
         shared.history.clone(),
         shared.metrics.clone(),
     );
-    if let Err(refusal) = requests.subscribe_initial(&initial) {
+    match requests.subscribe_initial(&initial) {
+        Ok(None) => {}
+        Ok(Some(pending)) => {
+            // Only waits; the `welcome` below lists the channels.
+            let (pending, answers) = pending.wait(settings.history_wait).await;
+            requests.finish(pending, answers);
+        }
         // Checked before the upgrade with the same rule, so this is a bug, not client input.
-        tracing::error!(message = %refusal.message, "query channels refused after upgrade");
+        Err(refusal) => {
+            tracing::error!(message = %refusal.message, "query channels refused after upgrade")
+        }
     }
 
     let session = format!("{:08x}-{id:x}", shared.instance);

@@ -72,11 +72,22 @@ impl Requests {
     }
 
     /// Subscribes the channels from the upgrade query (already checked with the same rule).
-    pub fn subscribe_initial(&mut self, names: &[String]) -> Result<(), Refusal> {
+    /// The `welcome` is their `ok`: it waits, as an `ok` would, for a first subscriber's
+    /// history channel to be anchored.
+    pub fn subscribe_initial(&mut self, names: &[String]) -> Result<Option<Pending>, Refusal> {
         let (auth, grant) = (&self.auth, &self.grant);
-        self.subs
-            .subscribe(&None, names, |name| auth.allows(grant, name))
-            .map(drop)
+        let joined = self
+            .subs
+            .subscribe(&None, names, |name| auth.allows(grant, name))?;
+        let planned = resume::plan(
+            &mut self.subs,
+            None,
+            &joined,
+            Vec::new(),
+            &self.history,
+            &self.metrics,
+        );
+        Ok(planned.err())
     }
 
     /// When the credentials stop being valid, as a timer deadline.
@@ -126,7 +137,11 @@ impl Requests {
     }
 
     /// The `ok` and history frames of a subscribe that waited; see `resume`.
-    pub fn finish(&mut self, pending: Pending, answers: resume::Answers) -> (String, Vec<crate::payload::Frame>) {
+    pub fn finish(
+        &mut self,
+        pending: Pending,
+        answers: resume::Answers,
+    ) -> (String, Vec<crate::payload::Frame>) {
         pending.finish(&mut self.subs, answers, &self.metrics)
     }
 

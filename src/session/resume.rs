@@ -106,7 +106,11 @@ impl Pending {
         };
         let answers = match tokio::time::timeout(deadline, all).await {
             Ok(answers) => answers,
-            Err(_) => self.waits.iter_mut().map(|w| w.answer.try_recv().ok()).collect(),
+            Err(_) => self
+                .waits
+                .iter_mut()
+                .map(|w| w.answer.try_recv().ok())
+                .collect(),
         };
         (self, Answers(answers))
     }

@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(refusal.code, Code::Forbidden);
         assert!(subs.names().is_empty() && !hub.is_live("a"));
 
-        assert_eq!(subs.subscribe(&None, &["a", "b"], anything).unwrap().len(), 2);
+        assert_eq!(
+            subs.subscribe(&None, &["a", "b"], anything).unwrap().len(),
+            2
+        );
         let again = subs.subscribe(&None, &["a", "b", "a"], anything).unwrap();
         assert!(again.is_empty(), "nothing newly joined");
         let refusal = subs.subscribe(&None, &["c"], anything).unwrap_err();

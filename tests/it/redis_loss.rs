@@ -74,6 +74,9 @@ async fn silent_death_is_probed_and_healed() {
         "herald must open a new connection through the proxy"
     );
     assert!(reconnects(&gw).await >= 1.0);
+    // Anything published while Herald was cut off is lost on a channel without history,
+    // and the client is told so, once.
+    client.expect_gaps(&["live"], secs(5)).await;
     // Readiness comes after resubscribing, so the new connection carries `live` now.
     redis.publish("live", "after").await;
     assert_eq!(
@@ -119,9 +122,13 @@ async fn redis_restart_keeps_clients_and_resubscribes_all() {
     let m = gw.metrics().await;
     assert_eq!(m.value("herald_connections", &[]), (CLIENTS + 1) as f64);
 
-    // Every client still connected (a close frame would fail expect_message) and served.
+    // Every client still connected (a close frame would fail expect_message), told once
+    // per channel that it may have missed publications, and served.
     assert_eq!(redis.publish("all", "everyone").await, 1);
     for (client, own) in &mut clients {
+        let mut held: Vec<&str> = own.iter().map(String::as_str).collect();
+        held.push("all");
+        client.expect_gaps(&held, secs(5)).await;
         assert_eq!(
             client.expect_message("all", secs(5)).await["data"],
             "everyone"
@@ -135,6 +142,8 @@ async fn redis_restart_keeps_clients_and_resubscribes_all() {
         }
     }
     redis.publish("late", "you too").await;
+    // Subscribed during the outage: what was published before Redis came back is lost.
+    late.expect_gaps(&["late"], secs(5)).await;
     assert_eq!(
         late.expect_message("late", secs(5)).await["data"],
         "you too"
@@ -156,6 +165,8 @@ async fn client_kill_reconnects_and_resubscribes() {
     gw.wait_ready(secs(5)).await;
     wait_channels(&redis, &["k1", "k2", "k3"], secs(5)).await;
 
+    one.expect_gaps(&["k1", "k2"], secs(5)).await;
+    two.expect_gaps(&["k2", "k3"], secs(5)).await;
     redis.publish("k1", "1").await;
     redis.publish("k2", "2").await;
     redis.publish("k3", "3").await;
@@ -190,6 +201,8 @@ async fn output_buffer_limit_disconnect_is_healed() {
     gw.wait_ready(secs(5)).await;
     wait_channels(&redis, &["big"], secs(5)).await;
     redis.publish("big", "after").await;
+    // The big publication is lost, and the client is told.
+    client.expect_gaps(&["big"], secs(5)).await;
     assert_eq!(client.expect_message("big", secs(5)).await["data"], "after");
 }
 
@@ -239,7 +252,13 @@ async fn redis_matches_the_union_after_churn() {
                         .await;
                 }
                 for i in 0..BURST {
-                    let reply = client.recv_json(secs(5)).await;
+                    // The kill midway sends `gap`s for the channels held then.
+                    let reply = loop {
+                        let frame = client.recv_json(secs(5)).await;
+                        if frame["op"] != "gap" {
+                            break frame;
+                        }
+                    };
                     assert_eq!(
                         (&reply["op"], &reply["id"]),
                         (&json!("ok"), &json!(round * BURST + i)),

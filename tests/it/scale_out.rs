@@ -227,6 +227,8 @@ impl Cluster {
         }
         assert_eq!(self.redis.pubsub_channels().await, [CHANNEL]);
         let (after_restart, receivers) = self.publish_next(false).await;
+        // The gap frame comes before the publication after the restart.
+        let no_gap = |me: &Tracked| u32::from(me.gaps.load(Ordering::SeqCst) != 1);
         assert_eq!(receivers, 3);
         self.fleet
             .wait_all_reached(
@@ -235,6 +237,11 @@ impl Cluster {
                 secs(10),
             )
             .await;
+        assert_eq!(
+            self.fleet.total(no_gap),
+            0,
+            "every client got exactly one gap for the outage"
+        );
         // A short outage may still have failed two health checks; HAProxy needs all three
         // back (rise 2: two passing checks) before the rolling restart.
         for server in ["herald1", "herald2", "herald3"] {
@@ -448,6 +455,8 @@ struct Tracked {
     moves: AtomicU32,
     /// Reconnect attempts refused (an HTTP status) or failed.
     refused: AtomicU32,
+    /// `gap` frames on the channel (contract 1.1: one per Redis outage).
+    gaps: AtomicU32,
 }
 
 impl Tracked {
@@ -542,6 +551,12 @@ async fn run_client(index: usize, mut client: Client, url: String, fleet: Arc<Fl
     loop {
         let frame = client.ws.next().await;
         match frame {
+            Some(Ok(Message::Text(text)))
+                if serde_json::from_str::<Value>(text.as_str())
+                    .is_ok_and(|v| v["op"] == "gap" && v["channel"] == CHANNEL) =>
+            {
+                me.gaps.fetch_add(1, Ordering::SeqCst);
+            }
             Some(Ok(Message::Text(text))) => {
                 let publication = serde_json::from_str::<Value>(text.as_str())
                     .ok()

@@ -122,6 +122,25 @@ impl Client {
         frame
     }
 
+    /// The next frames must be exactly one `gap` for each of `channels`, in any order
+    /// (contract 1.1: after Herald's own Redis connection was lost, each channel without
+    /// history tells its subscribers once).
+    pub async fn expect_gaps(&mut self, channels: &[&str], timeout: Duration) {
+        let mut expected: Vec<&str> = channels.to_vec();
+        expected.sort_unstable();
+        let mut seen = Vec::new();
+        for _ in channels {
+            let frame = self.recv_json(timeout).await;
+            assert_eq!(
+                frame["op"], "gap",
+                "expected a gap for {channels:?}, got {frame}"
+            );
+            seen.push(frame["channel"].as_str().unwrap_or_default().to_owned());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, expected, "one gap per channel held");
+    }
+
     /// Reads until a close frame, skipping anything before it unparsed (a slow consumer
     /// may have megabytes queued), then completes the close handshake as a real client
     /// would (tungstenite sends its close reply only when polled again); returns
