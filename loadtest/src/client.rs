@@ -42,6 +42,8 @@ struct Subscription {
     /// After a reconnect: a publication stamped at or after this (ns) means the channel is
     /// back on the live stream; 0 when not waiting for one.
     live_from: u64,
+    /// After a reconnect with `since`: the `ok`'s `recovered` for this channel.
+    recovered: Option<bool>,
 }
 
 pub struct Client {
@@ -392,17 +394,19 @@ fn subscribe_request(names: &[String], subs: &Subscriptions) -> (String, u64) {
 }
 
 /// Adds the `ok`'s verdict on each channel named in `since` to the wave tally.
+/// Each channel keeps its verdict: a loss after `recovered: true` is a broken promise.
 fn count_recovered(
     names: &[String],
-    subs: &Subscriptions,
+    subs: &mut Subscriptions,
     recovered: Option<&[(String, bool)]>,
     wave: &mut WaveTally,
 ) {
-    for (name, sub) in names.iter().zip(&subs.list) {
+    for (name, sub) in names.iter().zip(&mut subs.list) {
         if sub.offset.is_empty() {
             continue;
         }
         let verdict = recovered.and_then(|r| r.iter().find(|(n, _)| n == name).map(|p| p.1));
+        sub.recovered = verdict;
         match verdict {
             Some(true) => wave.recovered += 1,
             Some(false) => wave.not_recovered += 1,
@@ -422,6 +426,7 @@ impl Subscriptions {
                 seen_epoch: 0,
                 offset: Vec::new(),
                 live_from: 0,
+                recovered: None,
             })
             .collect();
         Subscriptions {
@@ -461,10 +466,19 @@ impl Subscriptions {
         match stamp.s.cmp(&sub.next) {
             std::cmp::Ordering::Equal => sub.next += 1,
             std::cmp::Ordering::Greater => {
-                state.tally.gaps += stamp.s - sub.next;
+                let skipped = stamp.s - sub.next;
+                state.tally.gaps += skipped;
                 sub.next = stamp.s + 1;
+                if let (Some(wave), Some(recovered)) = (state.wave.as_mut(), sub.recovered) {
+                    *wave.lost_by(recovered) += skipped;
+                }
             }
-            std::cmp::Ordering::Less => state.tally.duplicates += 1,
+            std::cmp::Ordering::Less => {
+                state.tally.duplicates += 1;
+                if let (Some(wave), Some(true)) = (state.wave.as_mut(), sub.recovered) {
+                    wave.duplicated_recovered += 1;
+                }
+            }
         }
         if sub.live_from != 0 && stamp.t >= sub.live_from {
             sub.live_from = 0;
@@ -593,12 +607,27 @@ mod tests {
         let names: Vec<String> = (0..3).map(|c| format!("lt.{c}")).collect();
         let mut wave = WaveTally::new(1);
         let recovered = vec![("lt.0".to_owned(), true), ("lt.1".to_owned(), false)];
-        count_recovered(&names, &client, Some(&recovered), &mut wave);
+        count_recovered(&names, &mut client, Some(&recovered), &mut wave);
         assert_eq!(
             (wave.recovered, wave.not_recovered, wave.unanswered),
             (1, 1, 1)
         );
-        count_recovered(&names, &client, None, &mut wave);
+        state.wave = Some(wave);
+        client.delivered(stamp(0, 3), None, 0, &mut state);
+        client.delivered(stamp(0, 2), None, 0, &mut state);
+        client.delivered(stamp(1, 5), None, 0, &mut state);
+        client.delivered(stamp(2, 9), None, 0, &mut state);
+        let wave = state.wave.as_mut().unwrap();
+        assert_eq!(
+            (
+                wave.lost_recovered,
+                wave.duplicated_recovered,
+                wave.lost_not_recovered
+            ),
+            (1, 1, 3),
+            "unanswered channels count in neither"
+        );
+        count_recovered(&names, &mut client, None, wave);
         assert_eq!(
             wave.unanswered, 4,
             "an ok without recovered answers nothing"

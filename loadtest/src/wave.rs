@@ -71,6 +71,12 @@ pub struct WaveTally {
     pub unanswered: u64,
     /// Channels subscribed again without `since`: no offset had arrived on them.
     pub without_offset: u64,
+    /// Deliveries lost (sequence gaps) after the `ok`, on channels reported
+    /// `recovered: true`: the contract promises none. After `false` they are expected.
+    pub lost_recovered: u64,
+    pub lost_not_recovered: u64,
+    /// Deliveries repeated after the `ok` on channels reported `recovered: true`.
+    pub duplicated_recovered: u64,
     /// Clients back on the live stream: a publication stamped after they sent their
     /// subscribe has arrived, so every earlier one arrived or was counted lost.
     pub caught_up: u32,
@@ -96,6 +102,12 @@ pub struct WaveWire {
     pub not_recovered: u64,
     pub unanswered: u64,
     pub without_offset: u64,
+    #[serde(default)]
+    pub lost_recovered: u64,
+    #[serde(default)]
+    pub lost_not_recovered: u64,
+    #[serde(default)]
+    pub duplicated_recovered: u64,
     pub caught_up: u32,
     pub last_caught_up_ns: u64,
     pub reconnect_us: Vec<(u64, u64)>,
@@ -114,6 +126,9 @@ impl WaveTally {
             not_recovered: 0,
             unanswered: 0,
             without_offset: 0,
+            lost_recovered: 0,
+            lost_not_recovered: 0,
+            duplicated_recovered: 0,
             caught_up: 0,
             last_caught_up_ns: 0,
             waiting: live,
@@ -131,6 +146,15 @@ impl WaveTally {
         self.waiting = self.waiting.saturating_sub(1);
     }
 
+    /// The lost count for channels with this `recovered` verdict.
+    pub fn lost_by(&mut self, recovered: bool) -> &mut u64 {
+        if recovered {
+            &mut self.lost_recovered
+        } else {
+            &mut self.lost_not_recovered
+        }
+    }
+
     /// A client will not catch up, for `why`.
     pub fn failed(&mut self, why: String) {
         *self.failed.entry(why).or_default() += 1;
@@ -146,6 +170,9 @@ impl WaveTally {
             not_recovered: self.not_recovered,
             unanswered: self.unanswered,
             without_offset: self.without_offset,
+            lost_recovered: self.lost_recovered,
+            lost_not_recovered: self.lost_not_recovered,
+            duplicated_recovered: self.duplicated_recovered,
             caught_up: self.caught_up,
             last_caught_up_ns: self.last_caught_up_ns,
             reconnect_us: tally::to_pairs(&self.reconnect),
@@ -170,6 +197,10 @@ pub struct WaveSummary {
     pub not_recovered: u64,
     pub unanswered: u64,
     pub without_offset: u64,
+    /// Lost and duplicated after `recovered: true` (broken promises), lost after `false`.
+    pub lost_recovered: u64,
+    pub duplicated_recovered: u64,
+    pub lost_not_recovered: u64,
     pub caught_up: u32,
     #[serde(skip)]
     pub last_caught_up_ns: u64,
@@ -203,6 +234,9 @@ impl WaveSummary {
             not_recovered: sum(|w| w.not_recovered),
             unanswered: sum(|w| w.unanswered),
             without_offset: sum(|w| w.without_offset),
+            lost_recovered: sum(|w| w.lost_recovered),
+            duplicated_recovered: sum(|w| w.duplicated_recovered),
+            lost_not_recovered: sum(|w| w.lost_not_recovered),
             caught_up: sum(|w| w.caught_up.into()) as u32,
             last_caught_up_ns: wires.iter().map(|w| w.last_caught_up_ns).max().unwrap_or(0),
             reconnect_ms: Latency::of(&reconnect),

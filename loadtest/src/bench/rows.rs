@@ -623,6 +623,12 @@ fn resume() -> Section {
             at(v, "/result/lost")
         }),
         row(
+            "… of them after recovered: true, worst run",
+            Unit::Count,
+            Agg::Worst,
+            wave("lost_recovered"),
+        ),
+        row(
             "duplicated deliveries, worst run",
             Unit::Count,
             Agg::Worst,

@@ -321,8 +321,13 @@ impl Outcome {
                 w.without_offset
             ),
             format!(
-                "             wave phase: lost {}, duplicated {}",
-                self.lost, self.duplicated
+                "             wave phase: lost {}, duplicated {}; after recovered: true lost {}, \
+                 duplicated {}; after false lost {}",
+                self.lost,
+                self.duplicated,
+                w.lost_recovered,
+                w.duplicated_recovered,
+                w.lost_not_recovered
             ),
             format!("             per client: drop to welcome {}", ms(&w.reconnect_ms)),
             format!("             per client: subscribe to ok {}", ms(&w.answer_ms)),
