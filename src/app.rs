@@ -24,7 +24,7 @@ use crate::http::{self, Front};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::redis::{Settings as RedisSettings, Subscriber};
+use crate::redis::{Settings as RedisSettings, Subscriber, TlsFiles};
 use crate::session::{self, Shared};
 
 /// Read buffer per connection, in bytes. tungstenite allocates it eagerly for every
@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let subscriber = Subscriber::new(
         RedisSettings {
             url: config.redis_url.clone(),
+            tls: redis_tls(&config)?,
             prefix: Prefix::new(config.channel_prefix.clone()),
             history: config.history.clone(),
             probe_interval: config.redis_probe_interval,
@@ -172,6 +173,20 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let _ = redis_stopped.await;
     info!("stopped");
     Ok(())
+}
+
+fn redis_tls(config: &Config) -> Result<TlsFiles, AppError> {
+    let read = |var: &'static str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| std::fs::read(path).map_err(|e| AppError::KeyFile(var, e)))
+            .transpose()
+    };
+    let cert = read("HERALD_REDIS_CLIENT_CERT", &config.redis_client_cert)?;
+    let key = read("HERALD_REDIS_CLIENT_KEY", &config.redis_client_key)?;
+    Ok(TlsFiles {
+        ca: read("HERALD_REDIS_CA_FILE", &config.redis_ca_file)?,
+        client: cert.zip(key),
+    })
 }
 
 fn auth_settings(config: &Config) -> Result<AuthSettings, AppError> {

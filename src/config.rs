@@ -38,6 +38,20 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// PEM file of the CA that signed the Redis server's certificate (rediss:// only), for
+    /// a Redis with a private CA; without it the public web roots are trusted.
+    #[arg(long, env = "HERALD_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (rediss:// only; with
+    /// HERALD_REDIS_CLIENT_KEY).
+    #[arg(long, env = "HERALD_REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of HERALD_REDIS_CLIENT_CERT.
+    #[arg(long, env = "HERALD_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
+
     /// Prefix put before a client channel name to form the Redis channel name.
     #[arg(long, env = "HERALD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
@@ -249,6 +263,18 @@ impl Config {
                 )));
             }
         }
+        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
+            return Err(Invalid(
+                "set both HERALD_REDIS_CLIENT_CERT and HERALD_REDIS_CLIENT_KEY, or neither".into(),
+            ));
+        }
+        let tls_files = self.redis_ca_file.is_some() || self.redis_client_cert.is_some();
+        if tls_files && !self.redis_url.starts_with("rediss://") {
+            return Err(Invalid(
+                "HERALD_REDIS_CA_FILE and HERALD_REDIS_CLIENT_CERT need a rediss:// HERALD_REDIS_URL"
+                    .into(),
+            ));
+        }
         redis_url_scheme_ok(&self.redis_url)
     }
 
@@ -342,6 +368,12 @@ mod tests {
         assert!(parse(&["--write-timeout", "0s"]).validate().is_err());
         let config = parse(&["--redis-backoff-base", "2s", "--redis-backoff-max", "1s"]);
         assert!(config.validate().is_err());
+        let tls = ["--redis-url", "rediss://r:6380"];
+        let half = parse(&[tls[0], tls[1], "--redis-client-cert", "/c.pem"]);
+        assert!(half.validate().is_err(), "a certificate without its key");
+        assert!(parse(&["--redis-ca-file", "/ca.pem"]).validate().is_err(), "CA without TLS");
+        let full = [tls[0], tls[1], "--redis-ca-file", "/ca.pem"];
+        assert_eq!(parse(&full).validate(), Ok(()));
     }
 
     #[test]

@@ -45,10 +45,19 @@ use store::Store;
 /// Most publications taken from the connection in one go.
 const READ_BATCH: usize = 128;
 
+/// PEM contents for TLS to Redis beyond the URL: a private CA, a client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate and key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// The subscriber's settings, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub url: String,
+    pub tls: TlsFiles,
     pub prefix: Prefix,
     /// History channels; none: no command connection and no function library.
     pub history: Rules,
@@ -110,6 +119,22 @@ impl Outage {
     }
 }
 
+/// A client for the URL, with the CA and client certificate when configured.
+fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
+    let TlsFiles { ca, client } = &settings.tls;
+    if ca.is_none() && client.is_none() {
+        return redis::Client::open(settings.url.as_str());
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: ca.clone(),
+    };
+    redis::Client::build_with_tls(settings.url.as_str(), certificates)
+}
+
 pub struct Subscriber {
     client: redis::Client,
     settings: Settings,
@@ -126,7 +151,7 @@ impl Subscriber {
         readiness: Arc<Readiness>,
     ) -> redis::RedisResult<Self> {
         Ok(Subscriber {
-            client: redis::Client::open(settings.url.as_str())?,
+            client: client(&settings)?,
             settings,
             hub,
             metrics,

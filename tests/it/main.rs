@@ -9,6 +9,7 @@ mod bad_input;
 mod delivery;
 mod deploy_config;
 mod flood;
+mod history;
 mod metrics;
 mod payload;
 mod redis_loss;

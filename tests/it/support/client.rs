@@ -190,6 +190,16 @@ impl Client {
         sorted_names(&reply["channels"])
     }
 
+    /// Subscribes with `since` (channel -> the last offset received on it); the reply must
+    /// be `ok`, and is returned whole: its `recovered` says per channel whether history
+    /// reached back.
+    pub async fn subscribe_since(&mut self, id: u64, channels: &[&str], since: Value) -> Value {
+        let request = json!({"op": "subscribe", "id": id, "channels": channels, "since": since});
+        let reply = self.request(request.clone()).await;
+        assert_eq!(reply["op"], "ok", "{request}: {reply}");
+        reply
+    }
+
     /// Unsubscribes; the reply must be `ok`. Returns the full subscription set it lists.
     pub async fn unsubscribe(&mut self, id: u64, channels: &[&str]) -> Vec<String> {
         let reply = self

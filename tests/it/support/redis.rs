@@ -14,6 +14,8 @@ use super::free_port;
 pub struct Redis {
     port: u16,
     dir: PathBuf,
+    /// Arguments added to every start and restart, e.g. persistence settings.
+    extra: Vec<String>,
     child: Option<Child>,
     client: redis::Client,
     /// The test's own (non-pub/sub) connection, opened on first use and after a restart.
@@ -23,6 +25,14 @@ pub struct Redis {
 impl Redis {
     /// Starts redis-server on a free port and waits until it answers PING.
     pub async fn start() -> Redis {
+        Redis::start_with(&[]).await
+    }
+
+    /// Like `start`, with `extra` redis-server arguments that `restart` passes again (they
+    /// come after the defaults, so they win: `["--appendonly", "yes"]` turns AOF on, and
+    /// its files stay in the data directory across `kill9` and `restart`).
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         // The free port may be taken by a parallel test between our probe and redis's bind;
         // a redis-server that exits at once is retried on another port.
         for _ in 0..5 {
@@ -33,8 +43,9 @@ impl Redis {
                 port,
                 client: redis::Client::open(format!("redis://127.0.0.1:{port}/"))
                     .expect("redis url"),
-                child: Some(spawn(port, &dir)),
+                child: Some(spawn(port, &dir, &extra)),
                 dir,
+                extra: extra.clone(),
                 conn: Mutex::new(None),
             };
             if redis.wait_up(Duration::from_secs(10)).await {
@@ -61,10 +72,11 @@ impl Redis {
         }
     }
 
-    /// Starts redis-server again on the same port (empty: no persistence) and waits for PING.
+    /// Starts redis-server again on the same port and data directory, with the same
+    /// arguments, and waits for PING: empty unless started with persistence (`start_with`).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() needs a killed redis");
-        self.child = Some(spawn(self.port, &self.dir));
+        self.child = Some(spawn(self.port, &self.dir, &self.extra));
         assert!(
             self.wait_up(Duration::from_secs(10)).await,
             "redis-server did not come back on port {}",
@@ -90,6 +102,56 @@ impl Redis {
     pub async fn client_kill_pubsub(&self) -> i64 {
         self.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
             .await
+    }
+
+    /// `FCALL herald_publish 1 <channel> <payload>`: a publication kept in history; returns
+    /// its offset (nil, so `None`, on a channel without history).
+    pub async fn herald_publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> Option<String> {
+        self.try_herald_publish(channel, payload)
+            .await
+            .unwrap_or_else(|e| panic!("FCALL herald_publish on {channel:?} failed: {e}"))
+    }
+
+    /// `herald_publish` that returns the error (e.g. the function is not loaded yet).
+    pub async fn try_herald_publish(
+        &self,
+        channel: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("herald_publish")
+            .arg(1)
+            .arg(channel)
+            .arg(payload.as_ref());
+        let mut conn = self.conn().await;
+        let reply = cmd.query_async(&mut conn).await;
+        if reply.as_ref().is_err_and(|e| e.is_unrecoverable_error()) {
+            *self.conn.lock().unwrap() = None;
+        }
+        reply
+    }
+
+    /// Many `herald_publish` in one pipeline, in order; returns their offsets.
+    pub async fn herald_publish_many(&self, channel: &str, payloads: &[String]) -> Vec<String> {
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            pipe.cmd("FCALL")
+                .arg("herald_publish")
+                .arg(1)
+                .arg(channel)
+                .arg(payload);
+        }
+        let mut conn = self.conn().await;
+        match pipe.query_async(&mut conn).await {
+            Ok(offsets) => offsets,
+            Err(e) => {
+                *self.conn.lock().unwrap() = None;
+                panic!(
+                    "{} x FCALL herald_publish on {channel:?} failed: {e}",
+                    payloads.len()
+                );
+            }
+        }
     }
 
     /// Any command, e.g. `raw(&["CLIENT", "LIST"])`.
@@ -159,12 +221,13 @@ impl Drop for Redis {
     }
 }
 
-fn spawn(port: u16, dir: &std::path::Path) -> Child {
+fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
