@@ -235,7 +235,7 @@ fn absorb(
             None => return Ok(None),
             Some(Frame::Text(text)) => match peer.decode(text) {
                 Decoded::Stamp { stamp, offset } => subs.delivered(stamp, offset, now, state),
-                Decoded::Lagged(missed) => state.tally.lagged += missed,
+                Decoded::Lagged(missed) => subs.lagged(missed, state),
                 _ => state.tally.other += 1,
             },
             Some(Frame::Binary) => state.tally.other += 1,
@@ -361,7 +361,7 @@ fn take_answer(
                 Decoded::Ok { recovered } => return Ok(Some(Answer::Ok(recovered))),
                 Decoded::Error { code } => return Ok(Some(Answer::Refused(code))),
                 Decoded::Stamp { stamp, offset } => subs.delivered(stamp, offset, now, state),
-                Decoded::Lagged(missed) => state.tally.lagged += missed,
+                Decoded::Lagged(missed) => subs.lagged(missed, state),
                 _ => state.tally.other += 1,
             },
             Some(Frame::Ping(payload)) => pongs.push(payload.to_vec()),
@@ -447,6 +447,18 @@ impl Subscriptions {
         }
         self.behind = self.list.len();
         self.dropped_ns = dropped;
+    }
+
+    /// Herald dropped `missed` publications for this client (`lagged`). After
+    /// `recovered: true` they show as gaps too; counted apart, they are not a broken
+    /// resume. (The frame names its channel; the clients of `resume` have one.)
+    fn lagged(&mut self, missed: u64, state: &mut State) {
+        state.tally.lagged += missed;
+        if self.list.iter().any(|s| s.recovered == Some(true)) {
+            if let Some(wave) = state.wave.as_mut() {
+                wave.lagged_recovered += missed;
+            }
+        }
     }
 
     fn delivered(&mut self, stamp: Stamp, offset: Option<&[u8]>, now: u64, state: &mut State) {

@@ -63,7 +63,7 @@ pub struct Report {
     pub cpu_ticks: u64,
     /// The reconnect wave so far (`resume` only); not reset by a report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wave: Option<WaveWire>,
+    pub wave: Option<Box<WaveWire>>,
 }
 
 #[cfg(test)]

@@ -154,7 +154,10 @@ impl Fleet {
                 },
             )
             .await?;
-        let waves: Vec<_> = answers.iter().filter_map(|r| r.wave.clone()).collect();
+        let waves: Vec<_> = answers
+            .iter()
+            .filter_map(|r| r.wave.as_deref().cloned())
+            .collect();
         let mut merged = Report {
             tally: Tally::new(),
             ends: BTreeMap::new(),

@@ -77,6 +77,8 @@ pub struct WaveTally {
     pub lost_not_recovered: u64,
     /// Deliveries repeated after the `ok` on channels reported `recovered: true`.
     pub duplicated_recovered: u64,
+    /// Of `lost_recovered`, what Herald said it dropped for a slow client (`lagged`).
+    pub lagged_recovered: u64,
     /// Clients back on the live stream: a publication stamped after they sent their
     /// subscribe has arrived, so every earlier one arrived or was counted lost.
     pub caught_up: u32,
@@ -108,6 +110,8 @@ pub struct WaveWire {
     pub lost_not_recovered: u64,
     #[serde(default)]
     pub duplicated_recovered: u64,
+    #[serde(default)]
+    pub lagged_recovered: u64,
     pub caught_up: u32,
     pub last_caught_up_ns: u64,
     pub reconnect_us: Vec<(u64, u64)>,
@@ -129,6 +133,7 @@ impl WaveTally {
             lost_recovered: 0,
             lost_not_recovered: 0,
             duplicated_recovered: 0,
+            lagged_recovered: 0,
             caught_up: 0,
             last_caught_up_ns: 0,
             waiting: live,
@@ -173,6 +178,7 @@ impl WaveTally {
             lost_recovered: self.lost_recovered,
             lost_not_recovered: self.lost_not_recovered,
             duplicated_recovered: self.duplicated_recovered,
+            lagged_recovered: self.lagged_recovered,
             caught_up: self.caught_up,
             last_caught_up_ns: self.last_caught_up_ns,
             reconnect_us: tally::to_pairs(&self.reconnect),
@@ -200,6 +206,8 @@ pub struct WaveSummary {
     /// Lost and duplicated after `recovered: true` (broken promises), lost after `false`.
     pub lost_recovered: u64,
     pub duplicated_recovered: u64,
+    /// Of `lost_recovered`, dropped for a slow client and reported (`lagged`).
+    pub lagged_recovered: u64,
     pub lost_not_recovered: u64,
     pub caught_up: u32,
     #[serde(skip)]
@@ -236,6 +244,7 @@ impl WaveSummary {
             without_offset: sum(|w| w.without_offset),
             lost_recovered: sum(|w| w.lost_recovered),
             duplicated_recovered: sum(|w| w.duplicated_recovered),
+            lagged_recovered: sum(|w| w.lagged_recovered),
             lost_not_recovered: sum(|w| w.lost_not_recovered),
             caught_up: sum(|w| w.caught_up.into()) as u32,
             last_caught_up_ns: wires.iter().map(|w| w.last_caught_up_ns).max().unwrap_or(0),

@@ -321,11 +321,12 @@ impl Outcome {
                 w.without_offset
             ),
             format!(
-                "             wave phase: lost {}, duplicated {}; after recovered: true lost {}, \
-                 duplicated {}; after false lost {}",
+                "             wave phase: lost {}, duplicated {}; after recovered: true lost {} \
+                 ({} of them reported lagged), duplicated {}; after false lost {}",
                 self.lost,
                 self.duplicated,
                 w.lost_recovered,
+                w.lagged_recovered,
                 w.duplicated_recovered,
                 w.lost_not_recovered
             ),

@@ -23,7 +23,7 @@ use crate::peer::Endpoint;
 use crate::plan::{channel_name, Plan};
 use crate::procfs;
 use crate::tally;
-use crate::wave::{self, Wave};
+use crate::wave::Wave;
 use state::State;
 
 /// How often a worker tells the coordinator how many deliveries it has seen.
@@ -218,7 +218,7 @@ fn report(state: &mut State) -> Report {
         ends: std::mem::take(&mut state.ends),
         live: state.live,
         cpu_ticks: procfs::cpu_ticks(None).unwrap_or(0),
-        wave: state.wave.as_ref().map(wave::WaveTally::wire),
+        wave: state.wave.as_ref().map(|w| Box::new(w.wire())),
     }
 }
 
