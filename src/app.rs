@@ -46,6 +46,8 @@ pub enum AppError {
     Auth(KeyError),
     KeyFile(&'static str, std::io::Error),
     Thread(std::io::Error),
+    /// The Redis subscriber thread ended (a panic, a bug) while the instance was serving.
+    SubscriberEnded,
 }
 
 impl std::fmt::Display for AppError {
@@ -58,6 +60,10 @@ impl std::fmt::Display for AppError {
             AppError::Auth(e) => write!(f, "{e}"),
             AppError::KeyFile(var, e) => write!(f, "cannot read the file named by {var}: {e}"),
             AppError::Thread(e) => write!(f, "cannot start the redis subscriber thread: {e}"),
+            AppError::SubscriberEnded => f.write_str(
+                "the redis subscriber thread ended unexpectedly; clients were drained and the \
+                 process exits so that it is replaced",
+            ),
         }
     }
 }
@@ -143,13 +149,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let listener = listen(config.listen).map_err(AppError::Bind)?;
     let addr = listener.local_addr().map_err(AppError::Bind)?;
-    let redis_stopped = subscriber
+    let mut redis_stopped = subscriber
         .spawn(history_queue, stop_redis.clone())
         .map_err(AppError::Thread)?;
     let http_task = tokio::spawn(http::serve(listener, front, stop_accepting.clone()));
     info!(%addr, "listening");
 
-    wait_for_signal().await?;
+    // Without its subscriber the instance would live on as a zombie: connected clients
+    // receiving nothing. If the thread ends first, drain as for a signal, then fail.
+    let outcome = until_stop(wait_for_signal(), &mut redis_stopped).await?;
 
     info!(drain_period = ?config.drain_period, "draining");
     readiness.start_draining();
@@ -170,9 +178,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     stop_accepting.cancel();
     stop_redis.cancel();
     let _ = http_task.await;
-    let _ = redis_stopped.await;
+    if outcome.is_ok() {
+        let _ = redis_stopped.await;
+    }
     info!("stopped");
-    Ok(())
+    outcome
 }
 
 fn redis_tls(config: &Config) -> Result<TlsFiles, AppError> {
@@ -228,6 +238,21 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Serves until a shutdown signal (`Ok(Ok)`), or until the subscriber thread ends first
+/// (`Ok(Err)`: drain, then fail).
+async fn until_stop(
+    signal: impl std::future::Future<Output = Result<(), AppError>>,
+    redis_stopped: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Result<Result<(), AppError>, AppError> {
+    tokio::select! {
+        signal = signal => signal.map(Ok),
+        _ = redis_stopped => {
+            tracing::error!("redis subscriber thread ended; draining and exiting");
+            Ok(Err(AppError::SubscriberEnded))
+        }
+    }
+}
+
 async fn wait_for_signal() -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
@@ -237,4 +262,28 @@ async fn wait_for_signal() -> Result<(), AppError> {
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber thread that dies (here by panicking) ends serving, as a failure.
+    #[tokio::test]
+    async fn a_dead_subscriber_thread_stops_the_instance() {
+        let (stopped, mut on_stop) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _held = stopped;
+            panic!("forced end of the subscriber thread");
+        });
+        assert!(thread.join().is_err());
+        let never = std::future::pending::<Result<(), AppError>>();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            until_stop(never, &mut on_stop),
+        )
+        .await
+        .expect("noticed at once");
+        assert!(matches!(outcome, Ok(Err(AppError::SubscriberEnded))));
+    }
 }

@@ -371,7 +371,10 @@ mod tests {
         let tls = ["--redis-url", "rediss://r:6380"];
         let half = parse(&[tls[0], tls[1], "--redis-client-cert", "/c.pem"]);
         assert!(half.validate().is_err(), "a certificate without its key");
-        assert!(parse(&["--redis-ca-file", "/ca.pem"]).validate().is_err(), "CA without TLS");
+        assert!(
+            parse(&["--redis-ca-file", "/ca.pem"]).validate().is_err(),
+            "CA without TLS"
+        );
         let full = [tls[0], tls[1], "--redis-ca-file", "/ca.pem"];
         assert_eq!(parse(&full).validate(), Ok(()));
     }

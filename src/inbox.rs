@@ -9,16 +9,16 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::channel::Name;
 use crate::payload::Frame;
 use crate::tape::Tape;
 
 /// What the session writes in one go.
 #[derive(Default)]
 pub struct Batch {
+    /// Publications, with a `lagged` frame where a channel's were dropped.
     pub frames: VecDeque<Frame>,
-    /// Publications missed per channel since the last batch.
-    pub missed: Vec<(Name, u64)>,
+    /// Publications dropped since the last batch, all channels together.
+    pub missed: u64,
 }
 
 #[derive(Default)]

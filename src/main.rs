@@ -31,9 +31,10 @@ fn main() -> ExitCode {
     }
 
     tracing::info!(config = ?config.masked(), "starting herald {}", env!("CARGO_PKG_VERSION"));
-    // rustls wants the process to choose its cryptography; without this a rediss://
+    // rustls wants the process to choose its cryptography: with no provider feature (as
+    // redis's rustls build had) or with two (any dependency adding aws-lc-rs), a rediss://
     // connect panics ("Could not automatically determine the process-level
-    // CryptoProvider"). An error only means one was installed already.
+    // CryptoProvider"). Chosen here once; an error only means one was installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match runtime(config.worker_threads) {

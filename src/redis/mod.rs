@@ -135,6 +135,16 @@ fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
     redis::Client::build_with_tls(settings.url.as_str(), certificates)
 }
 
+/// Marks Redis down when dropped: the subscriber thread holds one for its whole life.
+struct Unready(Arc<Readiness>, Metrics);
+
+impl Drop for Unready {
+    fn drop(&mut self) {
+        self.0.set_redis_up(false);
+        self.1.redis_connected.set(0);
+    }
+}
+
 pub struct Subscriber {
     client: redis::Client,
     settings: Settings,
@@ -181,6 +191,10 @@ impl Subscriber {
         std::thread::Builder::new()
             .name("herald-redis".into())
             .spawn(move || {
+                // However the thread ends (a panic unwinds through here too), the instance
+                // must stop reporting ready; `stopped` resolves either way (sent, or
+                // dropped), for the app to notice.
+                let _unready = Unready(self.readiness.clone(), self.metrics.clone());
                 runtime.block_on(self.run(requests, shutdown));
                 let _ = stopped.send(());
             })?;
@@ -356,5 +370,26 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_thread_that_panics_leaves_the_instance_unready() {
+        let readiness = Arc::new(Readiness::default());
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        readiness.set_redis_up(true);
+        metrics.redis_connected.set(1);
+        let guard = Unready(readiness.clone(), metrics.clone());
+        let thread = std::thread::spawn(move || {
+            let _unready = guard;
+            panic!("forced end of the subscriber thread");
+        });
+        assert!(thread.join().is_err());
+        assert!(!readiness.is_ready());
+        assert_eq!(metrics.redis_connected.get(), 0);
     }
 }

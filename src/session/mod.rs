@@ -232,7 +232,7 @@ where
                 let (ok, frames) = requests.finish(pending, answers);
                 let mut frames = VecDeque::from(frames);
                 match send_all(ws, [Message::Text(ok.into())], settings.write_timeout).await {
-                    Ok(()) => send_batch(ws, &mut frames, [], settings.write_timeout).await,
+                    Ok(()) => send_batch(ws, &mut frames, settings.write_timeout).await,
                     failed => failed,
                 }
             }
@@ -274,13 +274,8 @@ where
             _ = inbox.ready(), if waiting.is_none() => {
                 inbox.take(&mut tapes);
                 requests.subs.read(&mut tapes, batch);
-                let missed: u64 = batch.missed.iter().map(|(_, count)| count).sum();
-                shared.metrics.dropped_queue_full.inc_by(missed);
-                let lagged = batch
-                    .missed
-                    .drain(..)
-                    .map(|(channel, missed)| Message::Text(protocol::lagged(&channel, missed).into()));
-                send_batch(ws, &mut batch.frames, lagged, settings.write_timeout).await
+                shared.metrics.dropped_queue_full.inc_by(std::mem::take(&mut batch.missed));
+                send_batch(ws, &mut batch.frames, settings.write_timeout).await
             }
         };
         match written {

@@ -13,7 +13,7 @@ use crate::history::Position;
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
 use crate::payload::Frame;
-use crate::protocol::{Code, Id, Refusal};
+use crate::protocol::{self, Code, Id, Refusal};
 use crate::tape::{Cursor, Resume, SessionId, Tape};
 
 /// The size limits a subscribe request must keep.
@@ -131,7 +131,8 @@ impl Subscriptions {
     }
 
     /// Reads what the marked `tapes` hold for this connection into `batch`, emptying
-    /// `tapes`; what it missed goes to `batch.missed`. A tape it no longer holds (left
+    /// `tapes`; what it missed is counted in `batch.missed` and told with a `lagged`
+    /// frame in place. A tape it no longer holds (left
     /// after the mark) is skipped.
     pub fn read(&mut self, tapes: &mut Vec<Arc<Tape>>, batch: &mut Batch) {
         for tape in tapes.drain(..) {
@@ -139,9 +140,14 @@ impl Subscriptions {
                 continue;
             };
             let cursor = &mut self.held[at].1;
+            let before = batch.frames.len();
             let missed = tape.read(cursor, self.session, &self.inbox, &mut batch.frames);
             if missed > 0 {
-                batch.missed.push((tape.name().clone(), missed));
+                // Where the dropped ones were: after what the client got before them, so
+                // its last offset is the one to resume from (contract 1.1).
+                let lagged = protocol::lagged(tape.name(), missed);
+                batch.frames.insert(before, lagged.into());
+                batch.missed += missed;
             }
         }
     }

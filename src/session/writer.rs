@@ -55,23 +55,16 @@ where
     within(deadline, std::pin::pin!(feed_all(ws, messages))).await
 }
 
-/// Writes the publications in `frames` (taking each out once written), then `messages`,
-/// within `deadline`.
-pub async fn send_batch<S, I>(
+/// Writes the shared frames in `frames` (taking each out once written) within `deadline`.
+pub async fn send_batch<S>(
     ws: &mut WebSocketStream<S>,
     frames: &mut VecDeque<Frame>,
-    messages: I,
     deadline: Duration,
 ) -> Result<(), WriteError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    I: IntoIterator<Item = Message>,
 {
-    let write = std::pin::pin!(async {
-        write_raw(ws, frames).await?;
-        feed_all(ws, messages).await
-    });
-    within(deadline, write).await
+    within(deadline, std::pin::pin!(write_raw(ws, frames))).await
 }
 
 /// Feeds `messages` through tungstenite and flushes once, if there were any.

@@ -13,6 +13,7 @@ mod history;
 mod metrics;
 mod payload;
 mod redis_loss;
+mod redis_tls;
 mod scale_out;
 mod shutdown;
 mod slow_consumer;
