@@ -31,10 +31,12 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Redis to subscribe to: redis://[:password@]host[:port][/db] or rediss:// for TLS.
+    /// (Its live value, which may hold a password, is never echoed by --help.)
     #[arg(
         long,
         env = "HERALD_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -312,6 +314,32 @@ fn redis_url_scheme_ok(raw: &str) -> Result<(), Invalid> {
     }
 }
 
+/// Says what is wrong with the command line or environment (clap's refusal), naming what
+/// the user actually set: the flag when it is among `args`, otherwise its `HERALD_*`
+/// variable (clap names the flag either way).
+pub fn describe_refusal(error: &clap::Error, args: &[String]) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return first;
+    };
+    let long = shown.split_whitespace().next().unwrap_or_default();
+    let on_command_line = args
+        .iter()
+        .any(|a| a == long || a.starts_with(&format!("{long}=")));
+    let variable = Config::command()
+        .get_arguments()
+        .find(|arg| arg.get_long().is_some_and(|l| format!("--{l}") == long))
+        .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
+    match variable {
+        Some(variable) if !on_command_line => first.replace(&format!("'{shown}'"), &variable),
+        _ => first,
+    }
+}
+
 /// A CIDR, or a bare address meaning just that host.
 fn net(raw: &str) -> Result<ipnet::IpNet, String> {
     let raw = raw.trim();
@@ -352,6 +380,23 @@ mod tests {
         assert_eq!(config.history.find("chat:1").map(|r| r.size), Some(300));
         assert!(parse(&[]).history.is_empty());
         assert!(Config::try_parse_from(["herald", "--history", "chat:*=300"]).is_err());
+    }
+
+    #[test]
+    fn refusals_name_what_the_user_set() {
+        let from_flag = Config::try_parse_from(["herald", "--heartbeat", "abc"]).unwrap_err();
+        let args = ["herald".to_owned(), "--heartbeat".into(), "abc".into()];
+        let text = describe_refusal(&from_flag, &args);
+        assert!(
+            text.contains("--heartbeat") && text.contains("abc"),
+            "{text}"
+        );
+        // The same value from the environment: clap still says --heartbeat.
+        let text = describe_refusal(&from_flag, &["herald".to_owned()]);
+        assert!(
+            text.contains("HERALD_HEARTBEAT") && !text.contains("--heartbeat"),
+            "{text}"
+        );
     }
 
     #[test]

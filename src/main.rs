@@ -1,5 +1,6 @@
 //! The `herald` binary: parse the config, start telemetry, run, map the outcome to an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,20 +11,36 @@ use tracing_subscriber::EnvFilter;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        // --help and --version print and exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!("herald: {}", herald::config::describe_refusal(&e, &args));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = config.validate() {
         eprintln!("herald: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     let filter = match EnvFilter::try_new(&config.log) {
-        Ok(filter) => filter,
+        // The WebSocket library traces whole frames and handshakes (tokens in a refresh
+        // or the upgrade URL): whatever the filter asks, it says no more than info.
+        Ok(filter) => ["tungstenite", "tokio_tungstenite"]
+            .into_iter()
+            .filter_map(|target| format!("{target}=info").parse().ok())
+            .fold(filter, EnvFilter::add_directive),
         Err(e) => {
             eprintln!("herald: HERALD_LOG is not a valid filter: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Colour codes only for a person at a terminal, never into a file or a log shipper.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => logs.init(),

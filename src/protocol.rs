@@ -118,6 +118,15 @@ impl Request {
     }
 }
 
+/// The `id` of a request, when it has a valid one, without judging the rest: what a
+/// refusal that comes before parsing (`rate_limited`) still owes the client.
+pub fn request_id(text: &str) -> Id {
+    serde_json::from_str::<Map<String, Value>>(text)
+        .ok()?
+        .remove("id")
+        .filter(|id| id.is_number() || id.is_string())
+}
+
 fn channels(object: &Map<String, Value>) -> Result<Vec<String>, &'static str> {
     let Some(value) = object.get("channels") else {
         return Err("missing channels");
@@ -304,6 +313,18 @@ mod tests {
             let refusal = refused(text);
             assert_eq!(refusal.code, Code::BadRequest, "{text}");
             assert_eq!(refusal.id, Some(json!(1)), "{text}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_read_without_the_rest() {
+        assert_eq!(request_id(r#"{"op":"ping","id":"q7"}"#), Some(json!("q7")));
+        assert_eq!(
+            request_id(r#"{"id":3,"op":"nope","x":[1]}"#),
+            Some(json!(3))
+        );
+        for none in ["nope", r#"{"op":"ping"}"#, r#"{"id":{}}"#, "[1]"] {
+            assert_eq!(request_id(none), None, "{none}");
         }
     }
 

@@ -187,6 +187,12 @@ fn key(kid: Option<String>, key: DecodingKey, alg: Algorithm, settings: &Setting
     if let Some(issuer) = &settings.issuer {
         validation.set_issuer(&[issuer]);
     }
+    // jsonwebtoken checks `aud` and `iss` only when the token has them: a configured one
+    // must also be present, or a token minted for anything else would pass.
+    let mut required = vec!["exp"];
+    required.extend(settings.audience.as_ref().map(|_| "aud"));
+    required.extend(settings.issuer.as_ref().map(|_| "iss"));
+    validation.set_required_spec_claims(&required);
     Key {
         kid,
         key,

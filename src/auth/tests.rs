@@ -120,6 +120,18 @@ fn audience_and_issuer_are_checked_when_configured() {
     assert!(auth.authenticate(Some(&hs("k", &wrong_aud))).is_err());
     let wrong_iss = claims(json!({"aud": "herald", "iss": "https://evil"}));
     assert!(auth.authenticate(Some(&hs("k", &wrong_iss))).is_err());
+    // Configured means required: a token without them is refused, naming the claim.
+    let no_aud = claims(json!({"iss": "https://issuer"}));
+    let refusal = auth.authenticate(Some(&hs("k", &no_aud))).unwrap_err();
+    assert_eq!(refusal.to_string(), "token refused: missing claim aud");
+    let no_iss = claims(json!({"aud": "herald"}));
+    let refusal = auth.authenticate(Some(&hs("k", &no_iss))).unwrap_err();
+    assert_eq!(refusal.to_string(), "token refused: missing claim iss");
+    // Not configured: neither is needed.
+    let open = self::auth(KeySource::Secret("k".into()));
+    assert!(open
+        .authenticate(Some(&hs("k", &claims(json!({})))))
+        .is_ok());
 }
 
 #[test]

@@ -113,7 +113,12 @@ impl Requests {
             if !is_data {
                 return Verdict::Nothing;
             }
-            let refusal = Refusal::new(None, Code::RateLimited, "too many requests; slow down");
+            // The contract: an error carries its request's id, so the client can match it.
+            let id = match &message {
+                Message::Text(text) => protocol::request_id(text),
+                _ => None,
+            };
+            let refusal = Refusal::new(id, Code::RateLimited, "too many requests; slow down");
             return Verdict::Reply(protocol::error(&refusal));
         }
         let text = match message {

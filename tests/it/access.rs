@@ -417,8 +417,10 @@ async fn request_floods_are_rate_limited_then_closed() {
         client.send_json(json!({"op": "ping", "id": id})).await;
     }
     let mut limited = 0;
-    for _ in 0..10 {
+    for id in 0..10 {
         let reply = client.recv_json(secs(5)).await;
+        // Refused or answered, each reply carries its request's id (the contract).
+        assert_eq!(reply["id"], id, "{reply}");
         if reply["code"] == "rate_limited" {
             limited += 1;
         }
@@ -469,11 +471,17 @@ async fn secrets_stay_out_of_logs_and_metrics() {
     let url = redis
         .url()
         .replace("redis://", "redis://:redis-pass-XYZZY@");
-    let gateway = crate::support::Gateway::start(&url, AUTH).await;
+    // At the most verbose level: libraries' traces of frames and requests too.
+    let gateway = crate::support::Gateway::start(&url, &[AUTH, &["--log", "trace"]].concat()).await;
     gateway.wait_ready(secs(10)).await;
     let good = token("u42", &["user:42:*"], 60);
-    let _client = Client::connect(&gateway.ws_url(&format!("token={good}"))).await;
+    let mut client = Client::connect(&gateway.ws_url(&format!("token={good}"))).await;
     let _ = refused_status(&gateway.ws_url("token=bad-token-PLUGH")).await;
+    let refreshed = token("u42", &["user:42:*"], 120);
+    let reply = client
+        .request(json!({"op": "refresh", "id": 1, "token": refreshed}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
 
     let (_, metrics) = gateway.get("/metrics").await;
     let logs = gateway.logs().join("\n");
@@ -481,9 +489,29 @@ async fn secrets_stay_out_of_logs_and_metrics() {
         logs.contains("redis://"),
         "the start line shows the config: {logs}"
     );
-    for secret in [SECRET, "redis-pass-XYZZY", good.as_str(), "bad-token-PLUGH"] {
-        assert!(!logs.contains(secret), "logs leak {secret:?}:\n{logs}");
+    let secrets = [
+        SECRET,
+        "redis-pass-XYZZY",
+        &good,
+        "bad-token-PLUGH",
+        &refreshed,
+    ];
+    for secret in secrets {
+        assert!(!logs.contains(secret), "logs leak {secret:?}");
         assert!(!metrics.contains(secret), "metrics leak {secret:?}");
+    }
+
+    // --help shows each variable's value from the environment: never a secret's.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--help")
+        .env("HERALD_REDIS_URL", &url)
+        .env("HERALD_JWT_SECRET", SECRET)
+        .output()
+        .expect("run herald --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("HERALD_REDIS_URL"), "{help}");
+    for secret in [SECRET, "redis-pass-XYZZY"] {
+        assert!(!help.contains(secret), "--help leaks {secret:?}:\n{help}");
     }
 }
 

@@ -17,3 +17,4 @@ mod redis_tls;
 mod scale_out;
 mod shutdown;
 mod slow_consumer;
+mod startup;
