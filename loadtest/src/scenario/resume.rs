@@ -322,13 +322,15 @@ impl Outcome {
             ),
             format!(
                 "             wave phase: lost {}, duplicated {}; after recovered: true lost {} \
-                 ({} of them reported lagged), duplicated {}; after false lost {}",
+                 ({} of them reported lagged), duplicated {}; after false lost {} ({:.0} per \
+                 channel: how far behind those clients were)",
                 self.lost,
                 self.duplicated,
                 w.lost_recovered,
                 w.lagged_recovered,
                 w.duplicated_recovered,
-                w.lost_not_recovered
+                w.lost_not_recovered,
+                w.lost_not_recovered as f64 / w.not_recovered.max(1) as f64
             ),
             format!("             per client: drop to welcome {}", ms(&w.reconnect_ms)),
             format!("             per client: subscribe to ok {}", ms(&w.answer_ms)),
