@@ -44,6 +44,9 @@ struct Subscription {
     live_from: u64,
     /// After a reconnect with `since`: the `ok`'s `recovered` for this channel.
     recovered: Option<bool>,
+    /// After `recovered: false`, until the first publication: how many were skipped is
+    /// how far behind the client was (to compare with the history's SIZE).
+    measure_skip: bool,
 }
 
 pub struct Client {
@@ -407,6 +410,7 @@ fn count_recovered(
         }
         let verdict = recovered.and_then(|r| r.iter().find(|(n, _)| n == name).map(|p| p.1));
         sub.recovered = verdict;
+        sub.measure_skip = verdict == Some(false);
         match verdict {
             Some(true) => wave.recovered += 1,
             Some(false) => wave.not_recovered += 1,
@@ -427,6 +431,7 @@ impl Subscriptions {
                 offset: Vec::new(),
                 live_from: 0,
                 recovered: None,
+                measure_skip: false,
             })
             .collect();
         Subscriptions {
@@ -474,6 +479,13 @@ impl Subscriptions {
         if let Some(offset) = offset {
             sub.offset.clear();
             sub.offset.extend_from_slice(offset);
+        }
+        if sub.measure_skip {
+            sub.measure_skip = false;
+            if let Some(wave) = state.wave.as_mut() {
+                let skipped = stamp.s.saturating_sub(sub.next);
+                wave.skipped_not_recovered.saturating_record(skipped.max(1));
+            }
         }
         match stamp.s.cmp(&sub.next) {
             std::cmp::Ordering::Equal => sub.next += 1,
@@ -638,6 +650,12 @@ mod tests {
             ),
             (1, 1, 3),
             "unanswered channels count in neither"
+        );
+        let skipped = &wave.skipped_not_recovered;
+        assert_eq!(
+            (skipped.len(), skipped.max()),
+            (1, 3),
+            "3 skipped at the seam"
         );
         count_recovered(&names, &mut client, None, wave);
         assert_eq!(

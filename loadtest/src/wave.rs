@@ -79,6 +79,9 @@ pub struct WaveTally {
     pub duplicated_recovered: u64,
     /// Of `lost_recovered`, what Herald said it dropped for a slow client (`lagged`).
     pub lagged_recovered: u64,
+    /// Per channel told `recovered: false`: publications skipped before the first one
+    /// after the `ok` (at least 1 recorded). Below the history's SIZE would be suspect.
+    pub skipped_not_recovered: Histogram<u64>,
     /// Clients back on the live stream: a publication stamped after they sent their
     /// subscribe has arrived, so every earlier one arrived or was counted lost.
     pub caught_up: u32,
@@ -112,6 +115,8 @@ pub struct WaveWire {
     pub duplicated_recovered: u64,
     #[serde(default)]
     pub lagged_recovered: u64,
+    #[serde(default)]
+    pub skipped_not_recovered: Vec<(u64, u64)>,
     pub caught_up: u32,
     pub last_caught_up_ns: u64,
     pub reconnect_us: Vec<(u64, u64)>,
@@ -134,6 +139,7 @@ impl WaveTally {
             lost_not_recovered: 0,
             duplicated_recovered: 0,
             lagged_recovered: 0,
+            skipped_not_recovered: tally::histogram(),
             caught_up: 0,
             last_caught_up_ns: 0,
             waiting: live,
@@ -179,6 +185,7 @@ impl WaveTally {
             lost_not_recovered: self.lost_not_recovered,
             duplicated_recovered: self.duplicated_recovered,
             lagged_recovered: self.lagged_recovered,
+            skipped_not_recovered: tally::to_pairs(&self.skipped_not_recovered),
             caught_up: self.caught_up,
             last_caught_up_ns: self.last_caught_up_ns,
             reconnect_us: tally::to_pairs(&self.reconnect),
@@ -191,6 +198,14 @@ impl WaveTally {
 /// Records a duration given in ns into a µs histogram.
 pub fn record_ns(histogram: &mut Histogram<u64>, ns: u64) {
     histogram.saturating_record((ns / 1000).max(1));
+}
+
+/// Smallest, median and largest of a count.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
 }
 
 /// Every worker's wave, merged: what the coordinator reports.
@@ -209,6 +224,8 @@ pub struct WaveSummary {
     /// Of `lost_recovered`, dropped for a slow client and reported (`lagged`).
     pub lagged_recovered: u64,
     pub lost_not_recovered: u64,
+    /// Per `false` channel, publications skipped at the seam: min, median, max.
+    pub skipped_not_recovered: Option<Spread>,
     pub caught_up: u32,
     #[serde(skip)]
     pub last_caught_up_ns: u64,
@@ -225,7 +242,9 @@ impl WaveSummary {
         let (mut reconnect, mut answer, mut back_live) =
             (tally::histogram(), tally::histogram(), tally::histogram());
         let mut failed = BTreeMap::new();
+        let mut skipped = tally::histogram();
         for w in wires {
+            tally::add_pairs(&mut skipped, &w.skipped_not_recovered);
             tally::add_pairs(&mut reconnect, &w.reconnect_us);
             tally::add_pairs(&mut answer, &w.answer_us);
             tally::add_pairs(&mut back_live, &w.back_live_us);
@@ -246,6 +265,11 @@ impl WaveSummary {
             duplicated_recovered: sum(|w| w.duplicated_recovered),
             lagged_recovered: sum(|w| w.lagged_recovered),
             lost_not_recovered: sum(|w| w.lost_not_recovered),
+            skipped_not_recovered: (!skipped.is_empty()).then(|| Spread {
+                min: skipped.min(),
+                median: skipped.value_at_quantile(0.5),
+                max: skipped.max(),
+            }),
             caught_up: sum(|w| w.caught_up.into()) as u32,
             last_caught_up_ns: wires.iter().map(|w| w.last_caught_up_ns).max().unwrap_or(0),
             reconnect_ms: Latency::of(&reconnect),

@@ -350,6 +350,16 @@ impl Outcome {
                 r.named(|n| format!("{:.0}", r.beyond_steady.get(n).copied().unwrap_or(0.0)))
             ),
         ];
+        if let Some(s) = w.skipped_not_recovered {
+            text.insert(
+                3,
+                format!(
+                    "             told false: skipped min {} median {} max {} publications at \
+                     the seam (suspect if below the history's SIZE)",
+                    s.min, s.median, s.max
+                ),
+            );
+        }
         if let Some(target) = &self.rejoin_target {
             text.insert(1, format!("             the clients came back to {target}"));
         }
