@@ -18,6 +18,7 @@
 //! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
 
 mod history;
+mod outage;
 mod reconcile;
 mod store;
 
@@ -39,6 +40,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use history::History;
+use outage::{Lost, Outage, REFUSED_RETRY};
 use reconcile::{BatchError, Reconciler};
 use store::Store;
 
@@ -65,58 +67,6 @@ pub struct Settings {
     pub timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-}
-
-/// Why a connection ended.
-#[derive(Debug)]
-enum Lost {
-    Connect(String),
-    StreamEnded,
-    Batch(BatchError),
-    Probe(BatchError),
-}
-
-impl std::fmt::Display for Lost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Lost::Connect(e) => write!(f, "connect failed: {e}"),
-            Lost::StreamEnded => f.write_str("connection closed"),
-            Lost::Batch(e) => write!(f, "{e}"),
-            Lost::Probe(e) => write!(f, "liveness probe failed: {e}"),
-        }
-    }
-}
-
-/// The current loss of the connection, for one log line per disconnect and per reconnect.
-#[derive(Default)]
-struct Outage {
-    /// When the connection was lost; `None` while up (or before the first connect).
-    since: Option<Instant>,
-    attempts: u32,
-    connected_once: bool,
-}
-
-impl Outage {
-    /// Counts a failed connection; true when it starts a new outage.
-    fn begin(&mut self) -> bool {
-        self.attempts += 1;
-        if self.since.is_some() {
-            return false;
-        }
-        self.since = Some(Instant::now());
-        true
-    }
-
-    /// The connection is back; returns how long it was down and after how many attempts,
-    /// or `None` for the first connection of the process.
-    fn end(&mut self) -> Option<(Duration, u32)> {
-        let since = self.since.take();
-        let attempts = std::mem::take(&mut self.attempts);
-        if !std::mem::replace(&mut self.connected_once, true) {
-            return None;
-        }
-        Some((since.map(|s| s.elapsed()).unwrap_or_default(), attempts))
-    }
 }
 
 /// A client for the URL, with the CA and client certificate when configured.
@@ -213,12 +163,26 @@ impl Subscriber {
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
             self.metrics.channels.set(0);
-            let wait = backoff.next_delay();
-            // One warning per outage; the retries within it are debug noise.
-            if outage.begin() {
-                warn!(cause = %lost, retry_in = ?wait, "redis subscriber connection down");
+            let ceiling = backoff.ceiling();
+            let new_outage = outage.begin();
+            let wait = if lost.is_refused() {
+                REFUSED_RETRY.mul_f64(rand::random_range(0.5..=1.0))
             } else {
-                debug!(cause = %lost, retry_in = ?wait, "redis subscriber still down");
+                backoff.next_delay()
+            };
+            // One line per outage; the retries within it are debug noise.
+            if new_outage && lost.is_refused() {
+                tracing::error!(
+                    cause = %lost,
+                    retry_in = ?wait,
+                    "redis refused Herald's credentials: check the user and password in \
+                     HERALD_REDIS_URL (and the user's ACL); retrying about every {:?}",
+                    REFUSED_RETRY
+                );
+            } else if new_outage {
+                warn!(cause = %lost, retry_in = ?wait, ?ceiling, "redis subscriber connection down");
+            } else {
+                debug!(cause = %lost, retry_in = ?wait, ?ceiling, "redis subscriber still down");
             }
             // While down, requests cannot be served: dropping one answers "cannot tell".
             let sleep = tokio::time::sleep(wait);
@@ -243,19 +207,19 @@ impl Subscriber {
         let timeout = self.settings.timeout;
         let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => return Lost::Connect(e.to_string()),
-            Err(_) => return Lost::Connect(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => return Lost::connect(BatchError::Redis(e)),
+            Err(_) => return Lost::connect(BatchError::Timeout(timeout)),
         };
         let store = if self.settings.history.is_empty() {
             None
         } else {
             let mut store = match Store::connect(&self.client, timeout).await {
                 Ok(store) => store,
-                Err(e) => return Lost::Connect(e),
+                Err(e) => return Lost::connect(e),
             };
             let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
             if let Err(e) = store.load_library(prefix, rules).await {
-                return Lost::Batch(e);
+                return Lost::batch(e);
             }
             Some(store)
         };
@@ -269,16 +233,15 @@ impl Subscriber {
         );
         let tapes = match reconciler.resubscribe_all().await {
             Ok(tapes) => tapes,
-            Err(e) => return Lost::Batch(e),
+            Err(e) => return Lost::batch(e),
         };
         let resubscribed = tapes.len();
         let mut history = History::new(store, &self.hub, &self.settings.prefix, &self.metrics);
         if let Err(e) = history.fill(&tapes).await {
-            return Lost::Batch(e);
+            return Lost::batch(e);
         }
         drop(tapes);
 
-        backoff.reset();
         let ended = outage.end();
         if ended.is_some() {
             self.metrics.redis_reconnects_total.inc();
@@ -297,7 +260,7 @@ impl Subscriber {
 
         tokio::select! {
             lost = self.read(stream) => lost,
-            lost = self.control(&mut reconciler, &mut history, requests) => lost,
+            lost = self.control(&mut reconciler, &mut history, requests, backoff) => lost,
         }
     }
 
@@ -335,6 +298,7 @@ impl Subscriber {
         reconciler: &mut Reconciler<'_>,
         history: &mut History<'_>,
         requests: &mut Requests,
+        backoff: &mut Backoff,
     ) -> Lost {
         let interval = self.settings.probe_interval;
         let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -344,13 +308,13 @@ impl Subscriber {
                 _ = self.hub.changed() => {
                     let added = match reconciler.reconcile().await {
                         Ok(added) => added,
-                        Err(e) => return Lost::Batch(e),
+                        Err(e) => return Lost::batch(e),
                     };
                     if let Err(e) = history.anchor(&added).await {
-                        return Lost::Batch(e);
+                        return Lost::batch(e);
                     }
                     if let Err(e) = history.serve().await {
-                        return Lost::Batch(e);
+                        return Lost::batch(e);
                     }
                 }
                 Some(request) = requests.recv() => {
@@ -360,13 +324,18 @@ impl Subscriber {
                         history.take(request);
                     }
                     if let Err(e) = history.serve().await {
-                        return Lost::Batch(e);
+                        return Lost::batch(e);
                     }
                 }
                 _ = probe.tick() => {
                     if let Err(e) = reconciler.probe(interval).await {
                         return Lost::Probe(e);
                     }
+                    // Healthy for a whole probe interval: only now may the next outage
+                    // start from the shortest wait. Resetting on resubscribe let a
+                    // connection Redis kills again under the same load (output-buffer
+                    // limit) retry within milliseconds, resubscribing everything in a loop.
+                    backoff.reset();
                 }
             }
         }

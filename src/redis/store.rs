@@ -22,18 +22,15 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(client: &redis::Client, timeout: Duration) -> Result<Store, String> {
+    pub async fn connect(client: &redis::Client, timeout: Duration) -> Result<Store, BatchError> {
         // redis-rs gives up on a reply after 500ms by default; a resume's history read
         // (SIZE entries of any size) may take longer, and is bounded by `timeout` here.
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout));
         let connect = client.get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(conn)) => Ok(Store { conn, timeout }),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
+        let conn = within(timeout, connect).await?;
+        Ok(Store { conn, timeout })
     }
 
     /// Loads (or replaces) the library for these rules: at every connect, so a Redis that

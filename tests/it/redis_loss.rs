@@ -307,3 +307,118 @@ async fn redis_matches_the_union_after_churn() {
     .await;
     assert!(reconnects(&gw).await >= 1.0, "the kill forced a reconnect");
 }
+
+/// The `ceiling` field of each "redis subscriber connection down" line so far.
+fn down_ceilings(gw: &Gateway) -> Vec<String> {
+    gw.logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["fields"]["message"] == "redis subscriber connection down")
+        .map(|v| {
+            v["fields"]["ceiling"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Redis kills the subscriber again and again under the same load (each big publication
+/// passes its output-buffer limit): a connection that never proved healthy (one probe
+/// interval) does not reset the backoff, so the waits grow instead of hammering Redis
+/// with a reconnect and a full resubscribe every few milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_again_and_again_backs_off() {
+    let redis = Redis::start().await;
+    let gw = Gateway::start(&redis.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let _client = Client::connect(&gw.ws_url("channels=big")).await;
+    wait_channels(&redis, &["big"], secs(5)).await;
+    redis
+        .raw(&[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 64kb 0 0",
+        ])
+        .await;
+    // Bounded: at most 10 s of big publications, ~every 10ms.
+    let flood = async {
+        for _ in 0..1000 {
+            redis.publish("big", vec![b'x'; 1 << 20]).await;
+            if down_ceilings(&gw).len() >= 6 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    flood.await;
+    let ceilings = down_ceilings(&gw);
+    assert!(
+        ceilings.len() >= 6,
+        "only {} disconnects: {ceilings:?}",
+        ceilings.len()
+    );
+    // FAST_REDIS: base 20ms, cap 200ms; each kill comes long before a 300ms probe.
+    assert_eq!(ceilings[0], "20ms", "{ceilings:?}");
+    assert_eq!(
+        ceilings[5], "200ms",
+        "the ceiling doubles per kill: {ceilings:?}"
+    );
+}
+
+/// Wrong credentials are not a passing failure: one clear line, and a long wait between
+/// attempts rather than an AUTH failure every few hundred milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_back_off_long_and_say_so_once() {
+    let redis = Redis::start().await;
+    redis
+        .raw(&["CONFIG", "SET", "requirepass", "right-password"])
+        .await;
+    let url = redis.url().replace("redis://", "redis://:wrong-password@");
+    let gw = Gateway::start(&url, FAST_REDIS).await;
+    let said = |gw: &Gateway| {
+        gw.logs()
+            .iter()
+            .filter(|line| line.contains("redis refused Herald's credentials"))
+            .count()
+    };
+    eventually(
+        "the refused-credentials line",
+        secs(10),
+        async || match said(&gw) {
+            0 => Err("not yet"),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    // With the ordinary backoff (here at most 200ms) a second and third attempt would
+    // come within this second; a refused one waits at least 15s.
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(said(&gw), 1, "one line per outage");
+    assert_eq!(gw.get("/readyz").await.0, 503);
+    assert_eq!(
+        acl_log_count(&redis).await,
+        1,
+        "failed AUTH attempts within a second"
+    );
+}
+
+/// The `count` of the first ACL LOG entry (failed AUTHs are folded into one).
+async fn acl_log_count(redis: &Redis) -> i64 {
+    let log = redis.raw(&["ACL", "LOG"]).await;
+    let redis::Value::Array(entries) = log else {
+        return 0;
+    };
+    let Some(redis::Value::Array(fields)) = entries.first() else {
+        return 0;
+    };
+    fields
+        .chunks(2)
+        .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == b"count"))
+        .and_then(|kv| match &kv[1] {
+            redis::Value::Int(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}

@@ -403,8 +403,11 @@ impl Cluster {
         let mut redispatched = 0;
         for client in moved_clients {
             let local = local_addr(&client);
+            // Only lines from now on: an earlier connection may have had the same local
+            // port (the kernel reuses ephemeral ports), and its line would match.
+            let since = self.haproxy.log_len();
             client.close().await;
-            let line = self.haproxy.wait_log_from(local, secs(5)).await;
+            let line = self.haproxy.wait_log_from(local, since, secs(5)).await;
             assert!(
                 line.status == 101 && line.server != "herald1",
                 "a moved client's reconnect, as HAProxy logged it: {line:?}"

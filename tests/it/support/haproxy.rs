@@ -156,7 +156,12 @@ impl Haproxy {
     /// `client`. In HTTP mode a tunnelled WebSocket is logged once, when it ends. HAProxy's
     /// stdout log is non-blocking and drops lines when the pipe is full, so wait for lines
     /// one connection at a time, not for a burst.
-    pub async fn wait_log_from(&self, client: SocketAddr, timeout: Duration) -> HttpLog {
+    pub async fn wait_log_from(
+        &self,
+        client: SocketAddr,
+        since: usize,
+        timeout: Duration,
+    ) -> HttpLog {
         let client = client.to_string();
         let deadline = Instant::now() + timeout;
         loop {
@@ -167,6 +172,7 @@ impl Haproxy {
                 let lines = self.log.lines.lock().unwrap();
                 lines
                     .iter()
+                    .skip(since)
                     .filter_map(|(_, line)| HttpLog::parse(line))
                     .find(|l| l.client == client)
             };
@@ -181,6 +187,11 @@ impl Haproxy {
                 );
             }
         }
+    }
+
+    /// How many lines HAProxy has written so far: pass it to `wait_log_from` to skip them.
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
     }
 
     /// The last `n` lines of output.
