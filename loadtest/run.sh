@@ -10,8 +10,9 @@
 #
 # Options:
 #   --peers LIST       herald,nchan (default both)
-#   --scenarios LIST   fanout,saturate,channels,idle,connect,outage (default all; outage
-#                      is Herald only)
+#   --scenarios LIST   fanout,fanout_history,saturate,channels,idle,connect,outage,resume
+#                      (default all; fanout_history, outage and resume are Herald only:
+#                      Nchan has no history channels or resume from an offset)
 #   --runs N           runs per peer and scenario (default 3; 1 with --quick)
 #   --quick            small N and short windows; the page says so and judges no target
 #   --out DIR          where benchmarks.md, benchmarks.svg and benchmarks/raw/ go (docs)
@@ -27,7 +28,7 @@ source loadtest/lib.sh
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
-all_scenarios=fanout,saturate,channels,idle,connect,outage
+all_scenarios=fanout,fanout_history,saturate,channels,idle,connect,outage,resume
 command_line="loadtest/run.sh${*:+ $*}"
 peers=herald,nchan scenarios=$all_scenarios runs='' quick=0 out=docs
 while (($#)); do
@@ -95,6 +96,8 @@ scenario_args() {
   if ((quick)); then
     case $1 in
       fanout) echo --clients 500 --rates 20,200 --duration 2s ;;
+      fanout_history) echo --clients 500 --rates 20,200 --duration 2s --publish fcall ;;
+      resume) echo --clients 500 --rate 200 --warmup 2s --spread 1s ;;
       saturate) echo --clients 200 --start-rate 100 --step-factor 1.5 --step-duration 1s --max-steps 6 --p99-limit 100ms --refine 1 --retries 1 ;;
       channels) echo --clients 500 --own-rate 200 --shared-rate 5 --duration 2s ;;
       idle) echo --clients 2000 --hold 2s ;;
@@ -104,6 +107,10 @@ scenario_args() {
   else
     case $1 in
       fanout) echo --clients 5000 --rates 20,200 --duration 10s ;;
+      # fanout again, on a history channel, every publication through FCALL herald_publish.
+      fanout_history) echo --clients 5000 --rates 20,200 --duration 10s --publish fcall ;;
+      # Every client drops and comes back with `since` within one second, at 200/s.
+      resume) echo --clients 5000 --rate 200 --warmup 5s --spread 1s ;;
       # Steps of ×1.25 from 10/s (20,000 deliveries/s), so Nchan's far lower limit is found
       # too (a first step that fails measures nothing: at 100/s Nchan failed step 1 in a
       # trial); ~23 steps to 3.5M/s. Then 3 bisecting steps narrow the answer to ~3%.
@@ -120,6 +127,13 @@ scenario_args() {
 # A scenario that overran this much is stopped (each already has its own deadlines).
 run_limit=$((quick ? 300 : 1800))
 herald_flags=(--heartbeat 300s --max-connections-per-ip 0)
+# History on the clients' channels (lt.0, ...), for the scenarios that need it only: the
+# others measure Herald as it runs without history. 1,000 publications cover 5 s at 200/s.
+history_rule='lt.*=1000/5m'
+history_flags=(--history "$history_rule")
+has_history() { [[ $1 == fanout_history || $1 == resume ]]; }
+# subcommand SCENARIO: the herald-loadtest scenario a benchmark scenario runs.
+subcommand() { [[ $1 == fanout_history ]] && echo fanout || echo "$1"; }
 
 # --- Processes this script owns, stopped on exit ---------------------------------------
 work="$PWD/target/bench"
@@ -135,10 +149,10 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# start_herald PORT REDIS_PORT DIR: sets server_pid, and measured_pid (the same).
+# start_herald PORT REDIS_PORT DIR [FLAGS...]: sets server_pid, and measured_pid (the same).
 start_herald() {
   taskset -c 0 "$bin/herald" --listen "127.0.0.1:$1" --redis-url "redis://127.0.0.1:$2" \
-    "${herald_flags[@]}" >"$3/herald.log" 2>&1 &
+    "${herald_flags[@]}" "${@:4}" >"$3/herald.log" 2>&1 &
   server_pid=$! measured_pid=$!
   wait_for 30 "Herald ready on port $1" http_ok "$1" /readyz
 }
@@ -179,10 +193,14 @@ run_one() {
   server_port=$(free_port "$redis_port")
   redis_dir=$dir
   start_redis "$redis_port" "$dir" taskset -c 1
-  "start_$peer" "$server_port" "$redis_port" "$dir"
+  local extra=()
+  has_history "$scenario" && extra=("${history_flags[@]}")
+  "start_$peer" "$server_port" "$redis_port" "$dir" "${extra[@]}"
   local args
   read -ra args <<<"$(scenario_args "$scenario")"
-  generator_args+=("$scenario ${args[*]}")
+  local command
+  command=$(subcommand "$scenario")
+  generator_args+=("$scenario|$command ${args[*]}")
   if [[ $peer == herald ]]; then
     args+=(--target "ws://127.0.0.1:$server_port/ws")
   else
@@ -192,8 +210,8 @@ run_one() {
   args+=(--redis "redis://127.0.0.1:$redis_port" --server-pid "$measured_pid" --json)
   [[ $scenario == outage ]] &&
     args+=(--redis-start-cmd "taskset -c 1 $(redis_cmd "$redis_port" "$dir")")
-  log "$name: herald-loadtest $scenario ${args[*]}"
-  taskset -c 1 timeout --kill-after=10 "$run_limit" "$bin/herald-loadtest" "$scenario" "${args[@]}" \
+  log "$name: herald-loadtest $command ${args[*]}"
+  taskset -c 1 timeout --kill-after=10 "$run_limit" "$bin/herald-loadtest" "$command" "${args[@]}" \
     >"$dir/report.json" 2>"$dir/loadtest.log" &
   generator_pid=$!
   wait "$generator_pid" || status=$?
@@ -217,6 +235,10 @@ for scenario in "${scenarios[@]}"; do
   for peer in "${peers[@]}"; do
     if [[ $peer == nchan && $scenario == outage ]]; then
       log "outage: Herald only (it watches Herald's own Redis subscriptions); skipped for Nchan"
+      continue
+    fi
+    if [[ $peer == nchan ]] && has_history "$scenario"; then
+      log "$scenario: Herald only (Nchan has no history channels or resume from an offset); skipped for Nchan"
       continue
     fi
     for ((run = 1; run <= runs; run++)); do
@@ -246,7 +268,7 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
   echo "Load average before the run: $load_before"
   echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
   echo "Herald: $herald_version"
-  echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`"
+  echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`"
   echo "Rust: $(rustc --version)"
   echo "herald-loadtest: $("$bin/herald-loadtest" --version)"
   echo "Redis: $(redis-server --version | sed 's/ sha=.*//')"
@@ -255,7 +277,7 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
     echo "Nchan: $(package_of libnginx-mod-nchan), configuration \`loadtest/nchan/nginx.conf.in\`"
   fi
   for args in "${generator_args[@]}"; do
-    echo "${args%% *} arguments: \`herald-loadtest $args\`"
+    echo "${args%%|*} arguments: \`herald-loadtest ${args#*|}\`"
   done | sort -u
 } >"$raw/meta.txt"
 

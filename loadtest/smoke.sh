@@ -3,8 +3,10 @@
 # build of Herald, with 50 clients and 1 s windows, so the instrument cannot rot unnoticed.
 # Prints one line per scenario; exits non-zero if a scenario could not measure, reports
 # not clean, or lost a delivery. Herald only (the Nchan side needs nginx: see run.sh).
+# Herald keeps history on the `hist.*` channels (contract 1.1), which only the two
+# history runs use: fanout through FCALL herald_publish, and resume.
 #
-#   loadtest/smoke.sh          # ~20 s after the build
+#   loadtest/smoke.sh          # ~30 s after the build
 #
 # Redis and Herald run on free ports in a temporary directory; both are stopped by pid
 # on exit, and every scenario is bounded by its own deadline and by `timeout`.
@@ -39,27 +41,32 @@ redis_port=$(free_port)
 herald_port=$(free_port "$redis_port")
 start_redis "$redis_port" "$work"
 # --heartbeat 300s keeps server pings out of the measurement; --max-connections-per-ip 0
-# because every client comes from 127.0.0.1 (the same flags as the benchmark).
+# because every client comes from 127.0.0.1 (the same flags as the benchmark). History
+# on hist.* only: the other scenarios' lt.* channels stay plain.
 "$bin/herald" --listen "127.0.0.1:$herald_port" --redis-url "redis://127.0.0.1:$redis_port" \
-  --heartbeat 300s --max-connections-per-ip 0 --log warn >"$work/herald.log" 2>&1 &
+  --heartbeat 300s --max-connections-per-ip 0 --history 'hist.*=1000/5m' --log warn \
+  >"$work/herald.log" 2>&1 &
 herald_pid=$!
 wait_for 20 "Herald to be ready on port $herald_port" http_ok "$herald_port" /readyz
 
 common=(--target "ws://127.0.0.1:$herald_port/ws" --redis "redis://127.0.0.1:$redis_port"
   --server-pid "$herald_pid" --json)
 failed=()
+# smoke [--as NAME] SCENARIO FLAGS...: one run; NAME (default SCENARIO) names its files.
 smoke() {
-  local scenario=$1 status=0
+  local name=$1 status=0
+  [[ $name == --as ]] && { name=$2; shift 2; }
+  local scenario=$1
   shift
   timeout --kill-after=5 60 "$bin/herald-loadtest" "$scenario" "${common[@]}" "$@" \
-    >"$work/$scenario.json" 2>"$work/$scenario.log" || status=$?
+    >"$work/$name.json" 2>"$work/$name.log" || status=$?
   # 0: clean; 3: measured but not clean (summary --strict says why); else: no measurement.
   if ((status != 0 && status != 3)); then
-    echo "$scenario: herald-loadtest exited with $status:" >&2
-    tail -n 5 "$work/$scenario.log" >&2
-    failed+=("$scenario")
-  elif ! "$bin/herald-loadtest" summary --strict "$work/$scenario.json"; then
-    failed+=("$scenario")
+    echo "$name: herald-loadtest exited with $status:" >&2
+    tail -n 5 "$work/$name.log" >&2
+    failed+=("$name")
+  elif ! "$bin/herald-loadtest" summary --strict "$work/$name.json"; then
+    failed+=("$name")
   fi
 }
 
@@ -68,6 +75,12 @@ smoke saturate --clients 50 --start-rate 50 --step-duration 1s --max-steps 2
 smoke channels --clients 50 --own-rate 100 --duration 1s
 smoke idle --clients 50 --hold 1s
 smoke connect --clients 50
+smoke --as fanout_history fanout --clients 50 --rates 20,200 --duration 1s \
+  --publish fcall --channel-prefix hist.
+smoke resume --clients 50 --rate 200 --warmup 1s --spread 200ms --tail 500ms \
+  --channel-prefix hist.
+# Last: it restarts Redis, which then holds no history and no function until Herald
+# loads it again.
 smoke outage --clients 50 --channels 20 --down-for 200ms \
   --redis-start-cmd "$(redis_cmd "$redis_port" "$work")"
 
@@ -75,4 +88,4 @@ if ((${#failed[@]})); then
   echo "smoke.sh: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "smoke.sh: all six scenarios clean"
+echo "smoke.sh: all eight runs clean"

@@ -34,6 +34,11 @@ pub enum Scenario {
     /// N clients over C channels; Redis is shut down and restarted; reports the time until
     /// every channel is resubscribed and a publication reaches every client.
     Outage(Outage),
+    /// N clients on one history channel, publications through FCALL herald_publish; every
+    /// client drops its connection and comes back with `since` within a second; reports
+    /// the time until all caught up, losses, duplicates, recovered counts and the Redis
+    /// commands the resume cost. Start Herald with `--history 'lt.*=1000/5m'`.
+    Resume(Resume),
     /// Internal: one generator process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -52,6 +57,26 @@ pub enum PeerKind {
     Herald,
     /// Nchan: `{channel}` in the URL, raw bodies; publications by HTTP POST.
     Nchan,
+}
+
+/// How the publisher hands publications to Redis (Herald peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishVia {
+    /// `PUBLISH <channel> <payload>`: live delivery only, no history, no offset.
+    Publish,
+    /// `FCALL herald_publish 1 <channel> <payload>` (contract 1.1): on a history channel
+    /// the publication is kept and carries an offset; elsewhere it is a plain PUBLISH.
+    /// Herald loads the function into Redis at start.
+    Fcall,
+}
+
+impl PublishVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishVia::Publish => "publish",
+            PublishVia::Fcall => "fcall",
+        }
+    }
 }
 
 /// Flags every scenario takes.
@@ -73,6 +98,12 @@ pub struct Common {
     /// Nchan publisher location; `{channel}` stands for the channel (nchan peer only).
     #[arg(long, default_value = "http://127.0.0.1:8081/pub/{channel}")]
     pub nchan_pub: String,
+
+    /// How publications reach Redis (Herald peer): `publish` (PUBLISH) or `fcall`
+    /// (FCALL herald_publish, for channels Herald keeps history on: start it with
+    /// `--history 'PREFIX*=SIZE/TTL'`). Default: publish; resume: fcall.
+    #[arg(long, value_enum)]
+    pub publish: Option<PublishVia>,
 
     /// PID of the server: CPU seconds from /proc/PID/stat, RSS from /proc/PID/status.
     #[arg(long)]
@@ -238,6 +269,42 @@ pub struct Outage {
     pub recover_timeout: Duration,
 }
 
+/// Herald only (contract 1.1): start it with `--history 'PREFIX*=SIZE/TTL'` covering the
+/// channel, e.g. `--history 'lt.*=1000/5m'` (SIZE at least rate × the longest time a
+/// client is away; 1000 covers 200/s with seconds to spare).
+#[derive(Debug, Clone, Args)]
+pub struct Resume {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients, all on channel PREFIX0.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: u32,
+    /// Publications per second, through FCALL herald_publish, from the warm-up until the
+    /// tail ends.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Publishing before the wave: every client has received an offset, and Redis's
+    /// commands per publication in steady state are measured.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub warmup: Duration,
+    /// The clients drop their connections over this long, uniformly; each reconnects at
+    /// once and subscribes with `since`.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub spread: Duration,
+    /// Deadline, from the wave's start, for every client to be back on the live stream.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub catch_up_timeout: Duration,
+    /// Publishing goes on this long after the last client caught up, so the live stream
+    /// after the seam is checked too.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub tail: Duration,
+    /// Clients come back to this /ws URL instead of --target: another Herald instance on
+    /// the same Redis (same --history rules), so the resume reads Redis's history rather
+    /// than what the first instance holds in memory.
+    #[arg(long)]
+    pub rejoin_target: Option<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Summary {
     /// Files holding one `--json` report each.
@@ -287,5 +354,17 @@ mod tests {
         assert_eq!(fanout.rates, vec![20.0, 200.0]);
         assert_eq!(fanout.duration, Duration::from_secs(10));
         assert_eq!(fanout.common.target, "ws://127.0.0.1:8080/ws");
+        assert_eq!(fanout.common.publish, None);
+        let cli = Cli::try_parse_from(["t", "resume"]).expect("parses");
+        let Scenario::Resume(resume) = cli.scenario else {
+            panic!("not resume")
+        };
+        assert_eq!((resume.clients, resume.rate), (5000, 200.0));
+        assert_eq!(resume.spread, Duration::from_secs(1));
+        let cli = Cli::try_parse_from(["t", "fanout", "--publish", "fcall"]).expect("parses");
+        let Scenario::Fanout(fanout) = cli.scenario else {
+            panic!("not fanout")
+        };
+        assert_eq!(fanout.common.publish, Some(PublishVia::Fcall));
     }
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::tally::TallyWire;
+use crate::wave::WaveWire;
 
-/// Commands, one word a line.
+/// Commands, one word a line (and `resume ...`, see `wave::Wave`).
 pub const REPORT: &str = "report";
 pub const MARK: &str = "mark";
 pub const EXIT: &str = "exit";
@@ -30,6 +31,8 @@ pub enum Event {
     Marked { epoch: u32 },
     /// Every live client has had a publication on each of its channels in `epoch`.
     ReachedAll { epoch: u32 },
+    /// Every client live when the reconnect wave began has caught up or failed.
+    WaveOver,
     /// Answer to `report`: counts since the previous report, which are then reset.
     Report(Report),
     /// Answer to `exit`, the last line.
@@ -58,6 +61,9 @@ pub struct Report {
     pub ends: BTreeMap<String, u64>,
     pub live: u32,
     pub cpu_ticks: u64,
+    /// The reconnect wave so far (`resume` only); not reset by a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<Box<WaveWire>>,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::events::{self, Event};
 use crate::plan::Plan;
 use crate::tally::{self, Tally};
+use crate::wave::{Wave, WaveSummary};
 
 /// Deadline for a worker to answer a command.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -35,6 +36,8 @@ struct Progress {
     live: u32,
     /// Highest epoch in which every live client of the worker was reached.
     reached_epoch: u32,
+    /// Every client of the worker has come back from the reconnect wave (or failed to).
+    wave_over: bool,
 }
 
 pub struct Fleet {
@@ -60,6 +63,8 @@ pub struct Report {
     pub ends: BTreeMap<String, u64>,
     pub live: u32,
     pub cpu_ticks: Vec<u64>,
+    /// The reconnect wave so far, when one began.
+    pub wave: Option<WaveSummary>,
 }
 
 impl Fleet {
@@ -149,11 +154,16 @@ impl Fleet {
                 },
             )
             .await?;
+        let waves: Vec<_> = answers
+            .iter()
+            .filter_map(|r| r.wave.as_deref().cloned())
+            .collect();
         let mut merged = Report {
             tally: Tally::new(),
             ends: BTreeMap::new(),
             live: 0,
             cpu_ticks: Vec::new(),
+            wave: (!waves.is_empty()).then(|| WaveSummary::merge(&waves)),
         };
         for report in answers {
             merged.tally.merge(&report.tally);
@@ -187,6 +197,22 @@ impl Fleet {
     /// `epoch`; false at the deadline.
     pub async fn reached_all(&mut self, epoch: u32, deadline: Instant) -> Result<bool, String> {
         while self.progress.iter().any(|p| p.reached_epoch < epoch) {
+            if !self.pump(deadline).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Starts the reconnect wave on every worker.
+    pub async fn start_wave(&mut self, wave: Wave) -> Result<(), String> {
+        self.command(&wave.command()).await
+    }
+
+    /// Waits until every worker's clients have come back from the wave (or failed to);
+    /// false at the deadline.
+    pub async fn wave_over(&mut self, deadline: Instant) -> Result<bool, String> {
+        while self.progress.iter().any(|p| !p.wave_over) {
             if !self.pump(deadline).await? {
                 return Ok(false);
             }
@@ -293,6 +319,7 @@ impl Fleet {
                 progress.live = live;
             }
             Event::ReachedAll { epoch } => progress.reached_epoch = epoch,
+            Event::WaveOver => progress.wave_over = true,
             Event::Report(ref report) => {
                 progress.received = 0;
                 progress.live = report.live;

@@ -6,7 +6,8 @@
 //!   ├──► worker 0: clients [0, N/K)   ─┐ one current_thread runtime each, raw WebSocket
 //!   ├──► worker 1: clients [N/K, 2N/K) ┼─► reader per connection: latency into an HDR
 //!   │                                  ┘   histogram, sequence gaps = losses
-//!   ├── publisher: PUBLISH to Redis (or POST to Nchan) at a fixed, smooth rate
+//!   ├── publisher: PUBLISH or FCALL herald_publish to Redis (or POST to Nchan) at a
+//!   │   fixed, smooth rate
 //!   └── probes: /proc/PID of the server (CPU, RSS), /proc/self of every generator process
 //! ```
 //!
@@ -20,10 +21,12 @@
 //! - `conn`       socket, handshake and the frame reader under `client`
 //! - `wire`       WebSocket frame header rules (RFC 6455 §5.2)
 //! - `peer`       what differs between Herald and Nchan on the subscriber side
-//! - `decode`     a received text frame -> stamp / welcome / lagged
+//! - `decode`     a received text frame -> stamp (+ offset) / welcome / lagged / ok / error
 //! - `stamp`      the publication payload `{"t":ns,"s":seq,"c":channel}`
+//! - `wave`       the reconnect wave of `resume`: each client's turn, what the workers count
 //! - `publish/`   Redis and Nchan publishers and the rate pacer
-//! - `redis_ops`  PUBSUB NUMSUB waits, SHUTDOWN NOSAVE, waiting for Redis to come back
+//! - `redis_ops`  PUBSUB NUMSUB waits, SHUTDOWN NOSAVE, waiting for Redis to come back,
+//!   INFO commandstats
 //! - `tally`      counters and the latency histogram, mergeable across processes
 //! - `events`     the worker <-> coordinator line protocol
 //! - `plan`       what a worker is told: layout of clients over channels, target, limits
@@ -56,6 +59,7 @@ mod sources;
 mod stamp;
 mod tally;
 mod usage;
+mod wave;
 mod wire;
 mod worker;
 

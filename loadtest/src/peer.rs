@@ -71,8 +71,10 @@ impl Peer {
         let mut url = match self {
             Peer::Herald { .. } => {
                 let mut url = self.url("")?;
-                url.query_pairs_mut()
-                    .append_pair("channels", &names.join(","));
+                if !names.is_empty() {
+                    url.query_pairs_mut()
+                        .append_pair("channels", &names.join(","));
+                }
                 url
             }
             Peer::Nchan { .. } => self.url(&names.join(","))?,
@@ -91,7 +93,7 @@ impl Peer {
         matches!(self, Peer::Herald { .. })
     }
 
-    pub fn decode(&self, text: &[u8]) -> Decoded {
+    pub fn decode<'a>(&self, text: &'a [u8]) -> Decoded<'a> {
         match self {
             Peer::Herald { .. } => decode::herald(text),
             Peer::Nchan { .. } => decode::nchan(text),
@@ -124,6 +126,11 @@ mod tests {
         let endpoint = peer.endpoint().expect("endpoint");
         assert_eq!(endpoint.addr, "127.0.0.1:8090".parse().unwrap());
         assert_eq!(endpoint.host, "127.0.0.1:8090");
+        assert_eq!(peer.request_path(&[], None).expect("path"), "/ws");
+        assert_eq!(
+            peer.request_path(&[], Some("abc")).expect("path"),
+            "/ws?token=abc"
+        );
     }
 
     #[test]

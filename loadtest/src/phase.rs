@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::publish::pace::Stream;
+use crate::fleet::Fleet;
+use crate::publish::pace::{Control, Published, Stream};
 use crate::report::Phase;
 use crate::run::Run;
 use crate::tally::Latency;
@@ -26,6 +27,37 @@ pub async fn measure(
     let baseline = run.fleet.report().await?;
     let window = Window::open(run.common.server_pid, baseline.cpu_ticks);
     let published = run.publish(&streams, duration).await?;
+    conclude(run, name, rate, duration, published, window).await
+}
+
+/// Publishes `streams` while `during` drives the fleet, and measures the deliveries; the
+/// window ends when `during` returns (or after `max`).
+pub async fn measure_during<T>(
+    run: &mut Run,
+    name: String,
+    streams: Vec<Stream>,
+    max: Duration,
+    during: impl AsyncFnOnce(&mut Fleet, &Control) -> T,
+) -> Result<(Phase, T), String> {
+    let rate: f64 = streams.iter().map(|s| s.rate).sum();
+    eprintln!("{}: phase {name}: {rate}/s", run.scenario);
+    let baseline = run.fleet.report().await?;
+    let window = Window::open(run.common.server_pid, baseline.cpu_ticks);
+    let (published, out) = run.publish_during(&streams, max, during).await?;
+    let duration = Duration::from_secs_f64(published.elapsed_s);
+    let phase = conclude(run, name, rate, duration, published, window).await?;
+    Ok((phase, out))
+}
+
+/// After publishing: waits for the last deliveries, collects, computes the phase.
+async fn conclude(
+    run: &mut Run,
+    name: String,
+    rate: f64,
+    duration: Duration,
+    published: Published,
+    window: Window,
+) -> Result<Phase, String> {
     let expected: u64 = published
         .per_channel
         .iter()

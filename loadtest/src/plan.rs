@@ -76,6 +76,10 @@ pub struct Plan {
     pub not_before_ns: u64,
     /// The worker exits by itself after this long even if the coordinator never says so.
     pub lifetime_ms: u64,
+    /// Clients take part in a reconnect wave when the coordinator starts one (`resume`),
+    /// coming back to this server (the same as `peer`, or another instance).
+    #[serde(default)]
+    pub rejoin: Option<Peer>,
 }
 
 /// Splits `0..clients` into `workers` contiguous, near-equal slices.

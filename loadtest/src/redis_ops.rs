@@ -1,7 +1,8 @@
 //! What the coordinator asks of Redis besides PUBLISH: are the channels subscribed (the
-//! server subscribes asynchronously after confirming a client), shut it down, and is it
-//! back.
+//! server subscribes asynchronously after confirming a client), shut it down, is it
+//! back, and how many commands it has run (INFO commandstats).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -91,6 +92,53 @@ pub async fn wait_up(url: &str, within: Duration) -> Result<Instant, String> {
     }
 }
 
+/// Calls per command since Redis started, from INFO commandstats (names lower case,
+/// subcommands as `function|load`).
+pub async fn command_calls(
+    con: &mut MultiplexedConnection,
+) -> Result<BTreeMap<String, u64>, String> {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .map_err(|e| format!("INFO commandstats: {e}"))?;
+    Ok(parse_commandstats(&text))
+}
+
+/// `cmdstat_<name>:calls=N,usec=...` lines -> name: N.
+pub fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// Calls of each command between two INFO commandstats readings; commands that did not
+/// run are left out, and so is INFO itself (the readings are ours).
+pub fn calls_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, &n)| {
+            (
+                name.clone(),
+                n.saturating_sub(*before.get(name).unwrap_or(&0)),
+            )
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
 async fn ping(url: &str) -> bool {
     let attempt = async {
         let mut con = connect(url).await.ok()?;
@@ -103,4 +151,29 @@ async fn ping(url: &str) -> bool {
         tokio::time::timeout(Duration::from_millis(500), attempt).await,
         Ok(Some(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commandstats_are_read_and_subtracted() {
+        let before = parse_commandstats(
+            "# Commandstats\r\ncmdstat_fcall:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_info:calls=3,usec=1,usec_per_call=0.33,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_function|load:calls=1,usec=900,usec_per_call=900.00,rejected_calls=0,failed_calls=0\r\n",
+        );
+        assert_eq!(before["fcall"], 10);
+        assert_eq!(before["function|load"], 1);
+        let after = parse_commandstats(
+            "cmdstat_fcall:calls=15,usec=80\r\ncmdstat_fcall_ro:calls=4,usec=9\r\n\
+             cmdstat_info:calls=5,usec=2\r\ncmdstat_function|load:calls=1,usec=900\r\n",
+        );
+        let delta = calls_between(&before, &after);
+        assert_eq!(
+            delta.into_iter().collect::<Vec<_>>(),
+            vec![("fcall".into(), 5), ("fcall_ro".into(), 4)]
+        );
+    }
 }

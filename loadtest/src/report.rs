@@ -14,6 +14,9 @@ use crate::usage::Usage;
 pub struct RunReport {
     pub scenario: &'static str,
     pub peer: String,
+    /// How publications were made: `publish` (Redis PUBLISH), `fcall` (FCALL
+    /// herald_publish), `post` (Nchan).
+    pub publish: &'static str,
     pub target: String,
     pub clients: u32,
     pub workers: usize,
@@ -107,8 +110,17 @@ impl RunReport {
         let c = &self.connect;
         let _ = writeln!(
             out,
-            "{} against {} ({}), {} clients, {} worker process(es)",
-            self.scenario, self.target, self.peer, self.clients, self.workers
+            "{} against {} ({}), {} clients, {} worker process(es), publishing with {}",
+            self.scenario,
+            self.target,
+            self.peer,
+            self.clients,
+            self.workers,
+            match self.publish {
+                "fcall" => "FCALL herald_publish",
+                "post" => "HTTP POST",
+                _ => "PUBLISH",
+            }
         );
         let _ = writeln!(
             out,

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use crate::cli::{Common, PeerKind};
+use crate::cli::{Common, PeerKind, PublishVia};
 use crate::fleet::{Fleet, Ready};
 use crate::peer::Peer;
 use crate::plan::{self, channel_name, Layout, Plan};
 use crate::procfs;
-use crate::publish::pace::{self, Published, Stream};
+use crate::publish::pace::{self, Control, Published, Stream};
 use crate::publish::{Publisher, Sequences};
 use crate::redis_ops;
 use crate::report::{ConnectSummary, Phase, RunReport};
@@ -45,10 +45,30 @@ impl Run {
         clients: u32,
         work: Duration,
     ) -> Result<Run, String> {
+        Run::start_with(scenario, common, layout, clients, work, None).await
+    }
+
+    /// As `start`; with `rejoin` (a target URL), the clients take part in a reconnect wave
+    /// when the scenario starts one (`Fleet::start_wave`) and come back to that target.
+    pub async fn start_with(
+        scenario: &'static str,
+        common: &Common,
+        layout: Layout,
+        clients: u32,
+        work: Duration,
+        rejoin: Option<&str>,
+    ) -> Result<Run, String> {
         if clients == 0 {
             return Err("--clients must be at least 1".into());
         }
+        if common.peer == PeerKind::Nchan && common.publish.is_some() {
+            return Err("--publish is for Herald; Nchan is published to by HTTP POST".into());
+        }
         let peer = Peer::new(common.peer, &common.target)?;
+        let rejoin = match rejoin {
+            Some(target) => Some(Peer::new(common.peer, target)?),
+            None => None,
+        };
         let source_addrs = match &common.source_addrs {
             Some(raw) => sources::parse(raw)?,
             None => Vec::new(),
@@ -83,6 +103,7 @@ impl Run {
                 connect_timeout_ms: common.connect_timeout.as_millis() as u64,
                 lifetime_ms: lifetime.as_millis() as u64,
                 not_before_ns: stamp::now_ns(),
+                rejoin: rejoin.clone(),
             })
             .collect();
 
@@ -150,6 +171,30 @@ impl Run {
         Ok(pace::run(publisher, &mut self.seqs, streams, duration, channels).await)
     }
 
+    /// Publishes `streams` while `during` drives the fleet; publishing stops when `during`
+    /// returns, or after `max`.
+    pub async fn publish_during<T>(
+        &mut self,
+        streams: &[Stream],
+        max: Duration,
+        during: impl AsyncFnOnce(&mut Fleet, &Control) -> T,
+    ) -> Result<(Published, T), String> {
+        let channels = self.layout.channel_count();
+        if self.publisher.is_none() {
+            self.publisher = Some(Publisher::connect(&self.common, channels).await?);
+        }
+        let publisher = self.publisher.as_mut().expect("connected above");
+        let control = Control::default();
+        let publishing =
+            pace::run_until(publisher, &mut self.seqs, streams, max, channels, &control);
+        let alongside = async {
+            let out = during(&mut self.fleet, &control).await;
+            control.stop.set(true);
+            out
+        };
+        Ok(tokio::join!(publishing, alongside))
+    }
+
     /// Publishes once on each of `channels`, at once.
     pub async fn publish_once(&mut self, channels: &[u32]) -> Result<(), String> {
         if self.publisher.is_none() {
@@ -180,6 +225,10 @@ impl Run {
         RunReport {
             scenario: self.scenario,
             peer: format!("{:?}", self.common.peer).to_lowercase(),
+            publish: match self.common.peer {
+                PeerKind::Herald => self.common.publish.unwrap_or(PublishVia::Publish).name(),
+                PeerKind::Nchan => "post",
+            },
             target: self.common.target.clone(),
             clients: self.clients,
             workers: self.workers,

@@ -168,7 +168,7 @@ fn value(raw: &Raw, peer: &str, section: &Section, row: &Row) -> Option<Spread> 
 }
 
 fn cell(raw: &Raw, peer: &str, section: &Section, row: &Row, value: Option<Spread>) -> String {
-    if peer == "nchan" && section.scenario == "outage" {
+    if peer == "nchan" && section.herald_only {
         return "n/a (Herald only)".into();
     }
     let Some(s) = value else {

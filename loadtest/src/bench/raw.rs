@@ -16,8 +16,15 @@ use serde_json::Value;
 pub const PEERS: [&str; 2] = ["herald", "nchan"];
 
 /// Scenarios in page order.
-pub const SCENARIOS: [&str; 6] = [
-    "fanout", "saturate", "channels", "idle", "connect", "outage",
+pub const SCENARIOS: [&str; 8] = [
+    "fanout",
+    "fanout_history",
+    "saturate",
+    "channels",
+    "idle",
+    "connect",
+    "outage",
+    "resume",
 ];
 
 /// One run of one scenario against one peer.
@@ -143,6 +150,10 @@ mod tests {
         assert_eq!(parse_stem("herald-fanout"), None);
         assert_eq!(parse_stem("other-fanout-1"), None);
         assert_eq!(parse_stem("herald-fanout-1-x"), None);
+        assert_eq!(
+            parse_stem("herald-fanout_history-2"),
+            Some(("herald", "fanout_history", 2))
+        );
     }
 
     #[test]

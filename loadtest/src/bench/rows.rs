@@ -40,17 +40,21 @@ pub struct Section {
     /// Whether a run used the parameters the targets are stated for.
     pub standard: fn(&Value) -> bool,
     pub rows: Vec<Row>,
+    /// Measures something only Herald has (Nchan's cells say so).
+    pub herald_only: bool,
 }
 
 /// Every scenario's section, in page order.
 pub fn sections() -> Vec<Section> {
     vec![
         fanout(),
+        fanout_history(),
         saturate(),
         channels(),
         idle(),
         connect(),
         outage(),
+        resume(),
     ]
 }
 
@@ -257,6 +261,7 @@ fn fanout() -> Section {
                 && phase_at(v, 200.0).and_then(|p| at(p, "/duration_s")) == Some(10.0)
         },
         rows,
+        herald_only: false,
     }
 }
 
@@ -322,6 +327,7 @@ fn saturate() -> Section {
         },
         standard: |v| clients(v) == 2000,
         rows,
+        herald_only: false,
     }
 }
 
@@ -358,6 +364,7 @@ fn channels() -> Section {
                 && at(v, "/phases/0/duration_s") == Some(10.0)
         },
         rows,
+        herald_only: false,
     }
 }
 
@@ -403,6 +410,7 @@ fn idle() -> Section {
         // The issue asks for 20,000; a 20,000 hard open-files limit leaves 19,900 (see notes).
         standard: |v| clients(v) >= 19_900 && at(v, "/result/held_s").is_some_and(|s| s >= 9.5),
         rows,
+        herald_only: false,
     }
 }
 
@@ -453,6 +461,7 @@ fn connect() -> Section {
         describe: |v| format!("{} clients", thousands(clients(v) as f64)),
         standard: |v| clients(v) == 10_000,
         rows,
+        herald_only: false,
     }
 }
 
@@ -509,6 +518,178 @@ fn outage() -> Section {
         },
         standard: |v| clients(v) == 5000,
         rows,
+        herald_only: true,
+    }
+}
+
+fn fanout_history() -> Section {
+    let mut rows = phase_rows(
+        "20/s: ",
+        pick(|v| phase_at(v, 20.0)),
+        PhaseTargets::default(),
+    );
+    rows.extend(phase_rows(
+        "200/s: ",
+        pick(|v| phase_at(v, 200.0)),
+        PhaseTargets::default(),
+    ));
+    Section {
+        scenario: "fanout_history",
+        about: "fanout on a history channel: the same N clients and rates, Herald started with \
+                `--history`, every publication through `FCALL herald_publish` (kept in Redis, \
+                delivered with an offset) instead of `PUBLISH`. Beside fanout, the end-to-end \
+                cost of history (Herald only: Nchan has no equivalent here).",
+        describe: phases_in_words,
+        standard: |v| clients(v) == 5000,
+        rows,
+        herald_only: true,
+    }
+}
+
+fn resume() -> Section {
+    // A wave that never ended has null here: the worst possible value.
+    let or_never = |pointer: &'static str| {
+        move |v: &Value| {
+            v.pointer("/result")?;
+            Some(at(v, pointer).unwrap_or(f64::INFINITY))
+        }
+    };
+    let wave = |pointer: &'static str| move |v: &Value| at(v, &format!("/result/wave/{pointer}"));
+    let failed = |v: &Value| {
+        let failed = v.pointer("/result/wave/failed")?.as_object()?;
+        Some(failed.values().filter_map(Value::as_f64).sum())
+    };
+    let calls = |name: &'static str| {
+        move |v: &Value| {
+            v.pointer("/result/redis/calls")?;
+            Some(at(v, &format!("/result/redis/calls/{name}")).unwrap_or(0.0))
+        }
+    };
+    let wave_phase = pick(|v| v["phases"].get(1));
+    let phase = |pointer: &'static str| {
+        let wave_phase = wave_phase.clone();
+        move |v: &Value| wave_phase(v).and_then(|p| at(p, pointer))
+    };
+    let rows = vec![
+        row(
+            "every client caught up, s after the first drop, worst run",
+            Unit::Seconds,
+            Agg::Worst,
+            or_never("/result/all_caught_up_after_s"),
+        ),
+        row(
+            "per client: drop to caught up, p50",
+            Unit::Ms,
+            Agg::Median,
+            wave("back_live_ms/p50_ms"),
+        ),
+        row(
+            "per client: drop to caught up, p99",
+            Unit::Ms,
+            Agg::Median,
+            wave("back_live_ms/p99_ms"),
+        ),
+        row(
+            "per client: drop to welcome, p99",
+            Unit::Ms,
+            Agg::Median,
+            wave("reconnect_ms/p99_ms"),
+        ),
+        row(
+            "per client: subscribe to ok, p99",
+            Unit::Ms,
+            Agg::Median,
+            wave("answer_ms/p99_ms"),
+        ),
+        row(
+            "recovered: true, worst run",
+            Unit::Count,
+            Agg::Least,
+            wave("recovered"),
+        ),
+        row(
+            "recovered: false, worst run",
+            Unit::Count,
+            Agg::Worst,
+            wave("not_recovered"),
+        ),
+        row(
+            "clients that could not come back, worst run",
+            Unit::Count,
+            Agg::Worst,
+            failed,
+        ),
+        row("lost deliveries, worst run", Unit::Count, Agg::Worst, |v| {
+            at(v, "/result/lost")
+        }),
+        row(
+            "… of them after recovered: true, worst run",
+            Unit::Count,
+            Agg::Worst,
+            wave("lost_recovered"),
+        ),
+        row(
+            "duplicated deliveries, worst run",
+            Unit::Count,
+            Agg::Worst,
+            |v| at(v, "/result/duplicated"),
+        ),
+        row(
+            "wave: latency p99",
+            Unit::Ms,
+            Agg::Median,
+            phase("/latency_ms/p99_ms"),
+        ),
+        row(
+            "wave: server CPU, cores",
+            Unit::Cores,
+            Agg::Median,
+            phase("/usage/server/cores"),
+        ),
+        row("wave: server RSS peak", Unit::MiB, Agg::Median, {
+            let get = phase("/usage/server/rss_peak_kib");
+            move |v: &Value| get(v).map(|kib| kib / 1024.0)
+        }),
+        row(
+            "Redis calls while clients came back",
+            Unit::Count,
+            Agg::Median,
+            |v| at(v, "/result/redis/total"),
+        ),
+        row("… of them FCALL", Unit::Count, Agg::Median, calls("fcall")),
+        row(
+            "… FCALL_RO (history reads)",
+            Unit::Count,
+            Agg::Median,
+            calls("fcall_ro"),
+        ),
+        row("… XRANGE", Unit::Count, Agg::Median, calls("xrange")),
+        row("… HGET", Unit::Count, Agg::Median, calls("hget")),
+        row(
+            "Redis calls beyond steady publishing",
+            Unit::Count,
+            Agg::Median,
+            |v| at(v, "/result/redis/beyond_steady_total"),
+        ),
+    ];
+    Section {
+        scenario: "resume",
+        about: "N clients on one history channel, publications at 200/s through \
+                `FCALL herald_publish`; after a warm-up every client drops its connection \
+                (turns spread over one second), reconnects and subscribes with `since`. Time \
+                until every client is back on the live stream, what was lost or repeated, and \
+                what Redis ran meanwhile (Herald only: Nchan has no resume from an offset).",
+        describe: |v| {
+            format!(
+                "{} clients; {}/s; drops over {} s",
+                thousands(clients(v) as f64),
+                at(v, "/result/rate").unwrap_or(0.0),
+                at(v, "/result/spread_s").unwrap_or(0.0)
+            )
+        },
+        standard: |v| clients(v) == 5000,
+        rows,
+        herald_only: true,
     }
 }
 
@@ -588,5 +769,34 @@ mod tests {
         assert_eq!((reached.get)(&never), Some(f64::INFINITY));
         assert_eq!((reached.get)(&json!({"clients": 5})), None);
         assert!(!(reached.target.unwrap().met)(f64::INFINITY));
+    }
+
+    #[test]
+    fn resume_rows_read_the_wave() {
+        let section = resume();
+        let report = json!({
+            "clients": 5000,
+            "phases": [{}, {"latency_ms": {"p99_ms": 80.0}}],
+            "result": {"all_caught_up_after_s": null, "lost": 3,
+                       "wave": {"recovered": 4990, "failed": {"timeout": 10}},
+                       "redis": {"total": 900, "calls": {"fcall": 200}}}
+        });
+        let get = |label: &str| {
+            let row = section.rows.iter().find(|r| r.label == label).expect(label);
+            (row.get)(&report)
+        };
+        assert_eq!(
+            get("every client caught up, s after the first drop, worst run"),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(
+            get("clients that could not come back, worst run"),
+            Some(10.0)
+        );
+        assert_eq!(get("wave: latency p99"), Some(80.0));
+        assert_eq!(get("… of them FCALL"), Some(200.0));
+        assert_eq!(get("… FCALL_RO (history reads)"), Some(0.0));
+        assert_eq!(get("lost deliveries, worst run"), Some(3.0));
+        assert!(section.herald_only);
     }
 }

@@ -86,7 +86,27 @@ pub fn line(report: &Value) -> (String, Option<String>) {
                 thousands(r("live_at_end").unwrap_or(0.0))
             );
         }
+        "resume" => {
+            let _ = write!(
+                out,
+                " | all caught up {} after the first drop, recovered {} of {}, failed {}, \
+                 redis calls beyond publishing {}",
+                seconds(r("all_caught_up_after_s")),
+                thousands(r("wave/recovered").unwrap_or(0.0)),
+                thousands(r("wave/dropped").unwrap_or(0.0)),
+                thousands(
+                    report
+                        .pointer("/result/wave/failed")
+                        .and_then(Value::as_object)
+                        .map_or(0.0, |f| f.values().filter_map(Value::as_f64).sum())
+                ),
+                thousands(r("redis/beyond_steady_total").unwrap_or(0.0).max(0.0))
+            );
+        }
         _ => {}
+    }
+    if report["publish"] == "fcall" {
+        out.push_str(" | via FCALL herald_publish");
     }
     let fault = (!faults.is_empty()).then(|| faults.join("; "));
     (out, fault)
@@ -118,6 +138,26 @@ mod tests {
             fault.as_deref(),
             Some("phase 20/s: lost 3 lagged 0 duplicated 0 misrouted 0")
         );
+    }
+
+    #[test]
+    fn a_resume_line_names_its_wave() {
+        let report = json!({
+            "scenario": "resume", "peer": "herald", "publish": "fcall", "clients": 50,
+            "clean": true, "connect": {"elapsed_s": 0.01}, "phases": [],
+            "result": {"all_caught_up_after_s": 1.25,
+                       "wave": {"dropped": 50, "recovered": 50, "failed": {"timeout": 0}},
+                       "redis": {"beyond_steady_total": 2.4}}
+        });
+        let (text, fault) = line(&report);
+        assert!(
+            text.contains(
+                "all caught up 1.25 s after the first drop, recovered 50 of 50, failed 0"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("| via FCALL herald_publish"), "{text}");
+        assert_eq!(fault, None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Publishers: Redis PUBLISH (Herald) or HTTP POST (Nchan), behind one enum, and the pacer
-//! that drives either at a fixed rate.
+//! Publishers: Redis PUBLISH or FCALL herald_publish (Herald) or HTTP POST (Nchan), behind
+//! one enum, and the pacer that drives either at a fixed rate.
 //!
 //! Every publication carries a stamp (`stamp`): send time, sequence, channel index. The
 //! sequence per channel lives in `Sequences`, owned by the run, so it continues across
@@ -11,7 +11,7 @@ mod via_redis;
 
 pub use via_redis::connect;
 
-use crate::cli::{Common, PeerKind};
+use crate::cli::{Common, PeerKind, PublishVia};
 use crate::plan::channel_name;
 
 /// The next sequence number per channel, starting at 1.
@@ -43,8 +43,9 @@ impl Publisher {
                 let names = names
                     .map(|name| format!("{}{name}", common.redis_channel_prefix))
                     .collect();
+                let via = common.publish.unwrap_or(PublishVia::Publish);
                 Ok(Publisher::Redis(
-                    via_redis::RedisPublisher::connect(&common.redis, names).await?,
+                    via_redis::RedisPublisher::connect(&common.redis, names, via).await?,
                 ))
             }
             PeerKind::Nchan => Ok(Publisher::Nchan(via_nchan::NchanPublisher::new(

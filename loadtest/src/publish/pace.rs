@@ -5,6 +5,7 @@
 //! is one publication per wake; above, tokio's millisecond timer makes it small batches
 //! every millisecond, still smooth at the scale any latency here is measured in.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,6 +18,16 @@ use super::{Publisher, Sequences};
 const MAX_BATCH: usize = 1000;
 /// A publisher this far behind its schedule when the time is up stops anyway.
 const OVERRUN: Duration = Duration::from_secs(1);
+/// Longest sleep between looks at `Control::stop`.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// Shared with whatever runs beside the pacer: it may stop the pacer early, and reads how
+/// many publications have gone out so far.
+#[derive(Debug, Default)]
+pub struct Control {
+    pub stop: Cell<bool>,
+    pub sent: Cell<u64>,
+}
 
 /// Publications at `rate` per second, round-robin over `channels`.
 #[derive(Debug, Clone)]
@@ -46,6 +57,27 @@ pub async fn run(
     streams: &[Stream],
     duration: Duration,
     channels: u32,
+) -> Published {
+    run_until(
+        publisher,
+        seqs,
+        streams,
+        duration,
+        channels,
+        &Control::default(),
+    )
+    .await
+}
+
+/// As `run`, but stops early (within 50 ms) once `control.stop` is set, and keeps
+/// `control.sent` current.
+pub async fn run_until(
+    publisher: &mut Publisher,
+    seqs: &mut Sequences,
+    streams: &[Stream],
+    duration: Duration,
+    channels: u32,
+    control: &Control,
 ) -> Published {
     let mut published = Published {
         per_channel: vec![0; channels as usize],
@@ -80,6 +112,10 @@ pub async fn run(
                 published.per_channel[channel as usize] += 1;
             }
             published.sent += batch.len() as u64;
+            control.sent.set(control.sent.get() + batch.len() as u64);
+        }
+        if control.stop.get() {
+            break;
         }
         let next_due = streams
             .iter()
@@ -91,7 +127,8 @@ pub async fn run(
         if start.elapsed() > duration + OVERRUN {
             break;
         }
-        tokio::time::sleep_until(start + Duration::from_secs_f64(next_due)).await;
+        let due = start + Duration::from_secs_f64(next_due);
+        tokio::time::sleep_until(due.min(Instant::now() + STOP_CHECK)).await;
     }
     published.elapsed_s = start.elapsed().as_secs_f64();
     published

@@ -1,5 +1,10 @@
-//! PUBLISH through one multiplexed Redis connection; a batch is one pipeline, one round
-//! trip, so the publisher keeps up with rates far above one publication per RTT.
+//! PUBLISH (or FCALL herald_publish) through one multiplexed Redis connection; a batch is
+//! one pipeline, one round trip, so the publisher keeps up with rates far above one
+//! publication per RTT.
+//!
+//! `FCALL herald_publish 1 <channel> <payload>` is contract 1.1's way to publish on a
+//! history channel: one atomic step that keeps the publication and delivers it, returning
+//! its offset (ignored here; the clients read offsets from their frames).
 
 use std::time::Duration;
 
@@ -7,19 +12,26 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use super::Sequences;
+use crate::cli::PublishVia;
 use crate::stamp::{encode, now_ns};
 
 pub struct RedisPublisher {
     con: MultiplexedConnection,
     /// Redis channel name per channel index.
     names: Vec<String>,
+    via: PublishVia,
 }
 
 impl RedisPublisher {
-    pub async fn connect(url: &str, names: Vec<String>) -> Result<RedisPublisher, String> {
+    pub async fn connect(
+        url: &str,
+        names: Vec<String>,
+        via: PublishVia,
+    ) -> Result<RedisPublisher, String> {
         Ok(RedisPublisher {
             con: connect(url).await?,
             names,
+            via,
         })
     }
 
@@ -28,14 +40,28 @@ impl RedisPublisher {
         let mut pipe = redis::pipe();
         for &channel in batch {
             let payload = encode(t, seqs.take(channel), channel);
-            pipe.cmd("PUBLISH")
-                .arg(&self.names[channel as usize])
-                .arg(payload)
-                .ignore();
+            let name = &self.names[channel as usize];
+            match self.via {
+                PublishVia::Publish => pipe.cmd("PUBLISH").arg(name).arg(payload).ignore(),
+                PublishVia::Fcall => pipe
+                    .cmd("FCALL")
+                    .arg("herald_publish")
+                    .arg(1)
+                    .arg(name)
+                    .arg(payload)
+                    .ignore(),
+            };
         }
         pipe.query_async::<()>(&mut self.con)
             .await
-            .map_err(|e| format!("PUBLISH: {e}"))
+            .map_err(|e| match self.via {
+                PublishVia::Publish => format!("PUBLISH: {e}"),
+                // "Function not found": no Herald with history has loaded it into this Redis.
+                PublishVia::Fcall => format!(
+                    "FCALL herald_publish: {e} (Herald loads the function at start; is a \
+                     Herald with history support running on this Redis?)"
+                ),
+            })
     }
 }
 

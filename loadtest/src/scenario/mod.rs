@@ -9,6 +9,7 @@ mod connect;
 mod fanout;
 mod idle;
 mod outage;
+mod resume;
 mod saturate;
 
 use std::process::ExitCode;
@@ -54,6 +55,10 @@ pub fn main(scenario: Scenario) -> ExitCode {
         Scenario::Outage(args) => (
             args.common.json,
             local.block_on(&runtime, outage::run(args)),
+        ),
+        Scenario::Resume(args) => (
+            args.common.json,
+            local.block_on(&runtime, resume::run(args)),
         ),
         Scenario::Worker | Scenario::Summary(_) | Scenario::Table(_) => {
             unreachable!("dispatched in main")

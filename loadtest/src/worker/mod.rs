@@ -13,16 +13,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::LocalSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::client;
+use crate::client::{self, Rejoin, RejoinAt};
 use crate::events::{self, Event, Ready, Report};
 use crate::peer::Endpoint;
 use crate::plan::{channel_name, Plan};
 use crate::procfs;
 use crate::tally;
+use crate::wave::Wave;
 use state::State;
 
 /// How often a worker tells the coordinator how many deliveries it has seen.
@@ -70,10 +71,19 @@ async fn run() -> Result<(), String> {
         }
     }
     let endpoint = Rc::new(plan.peer.endpoint()?);
+    // Where clients come back to in a reconnect wave, with its upgrade path (no channels).
+    let rejoin_at = match &plan.rejoin {
+        Some(peer) => Some(Rc::new(RejoinAt {
+            endpoint: peer.endpoint()?,
+            path: peer.request_path(&[], plan.token.as_deref())?,
+        })),
+        None => None,
+    };
     let wake = Rc::new(Notify::new());
     let state = Rc::new(RefCell::new(State::new(wake.clone(), plan.not_before_ns)));
     let gate = Rc::new(Semaphore::new(plan.connect_concurrency.max(1)));
     let plan = Rc::new(plan);
+    let (wave_tx, wave_rx) = watch::channel(None);
     let started = Instant::now();
     for index in plan.clients.clone() {
         let task = client_task(
@@ -82,6 +92,7 @@ async fn run() -> Result<(), String> {
             endpoint.clone(),
             state.clone(),
             gate.clone(),
+            rejoin_at.clone().map(|at| (at, wave_rx.clone())),
         );
         tokio::task::spawn_local(task);
     }
@@ -101,6 +112,7 @@ async fn run() -> Result<(), String> {
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut announced = 0;
+    let mut wave_announced = false;
     loop {
         tokio::select! {
             _ = &mut lifetime => {
@@ -113,7 +125,13 @@ async fn run() -> Result<(), String> {
                     events::REPORT => emit(&Event::Report(report(&mut state.borrow_mut())))?,
                     events::MARK => emit(&Event::Marked { epoch: state.borrow_mut().mark() })?,
                     events::EXIT => return emit(&Event::Bye),
-                    other => eprintln!("herald-loadtest worker: unknown command {other:?}"),
+                    other => match Wave::parse(other) {
+                        Some(wave) => {
+                            state.borrow_mut().start_wave();
+                            wave_tx.send_replace(Some(wave));
+                        }
+                        None => eprintln!("herald-loadtest worker: unknown command {other:?}"),
+                    },
                 }
             }
             _ = wake.notified() => {}
@@ -128,6 +146,10 @@ async fn run() -> Result<(), String> {
             announced = state.epoch;
             emit(&Event::ReachedAll { epoch: announced })?;
         }
+        if state.wave_over() && !wave_announced {
+            wave_announced = true;
+            emit(&Event::WaveOver)?;
+        }
     }
 }
 
@@ -137,6 +159,7 @@ async fn client_task(
     endpoint: Rc<Endpoint>,
     state: Rc<RefCell<State>>,
     gate: Rc<Semaphore>,
+    wave: Option<(Rc<RejoinAt>, watch::Receiver<Option<Wave>>)>,
 ) {
     let channels = plan.layout.channels_of(index);
     let names: Vec<String> = channels
@@ -167,7 +190,15 @@ async fn client_task(
     state
         .borrow_mut()
         .connected(started.elapsed().as_micros() as u64);
-    client.run(&plan.peer, &state).await;
+    let rejoin = wave.map(|(at, wave)| Rejoin {
+        index,
+        names,
+        at,
+        source,
+        timeout: deadline,
+        wave,
+    });
+    client.run(&plan.peer, &state, rejoin).await;
 }
 
 fn ready(state: &State, elapsed: Duration) -> Ready {
@@ -187,6 +218,7 @@ fn report(state: &mut State) -> Report {
         ends: std::mem::take(&mut state.ends),
         live: state.live,
         cpu_ticks: procfs::cpu_ticks(None).unwrap_or(0),
+        wave: state.wave.as_ref().map(|w| Box::new(w.wire())),
     }
 }
 

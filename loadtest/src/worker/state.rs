@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
 use crate::tally::{self, Tally};
+use crate::wave::WaveTally;
 
 pub struct State {
     pub tally: Tally,
@@ -28,7 +29,10 @@ pub struct State {
     pub connect_latency: Histogram<u64>,
     /// Connections that ended after connecting, by how.
     pub ends: BTreeMap<String, u64>,
-    /// Wakes the worker's main loop: a client settled, ended, or completed the epoch.
+    /// The reconnect wave (`resume`), from the command that starts it.
+    pub wave: Option<WaveTally>,
+    /// Wakes the worker's main loop: a client settled, ended, completed the epoch or
+    /// caught up after the wave.
     pub wake: Rc<Notify>,
 }
 
@@ -45,6 +49,7 @@ impl State {
             errors: BTreeMap::new(),
             connect_latency: tally::histogram(),
             ends: BTreeMap::new(),
+            wave: None,
             wake,
         }
     }
@@ -87,6 +92,16 @@ impl State {
         }
         *self.ends.entry(how).or_default() += 1;
         self.wake.notify_one();
+    }
+
+    /// The wave begins: every live client is to come back.
+    pub fn start_wave(&mut self) {
+        self.wave = Some(WaveTally::new(self.live));
+    }
+
+    /// Whether a wave began and no client is still on its way back.
+    pub fn wave_over(&self) -> bool {
+        self.wave.as_ref().is_some_and(|w| w.waiting == 0)
     }
 
     pub fn settled(&self) -> u32 {
