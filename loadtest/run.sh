@@ -17,6 +17,9 @@
 #   --quick            small N and short windows; the page says so and judges no target
 #   --out DIR          where benchmarks.md, benchmarks.svg and benchmarks/raw/ go (docs)
 #
+# HERALD_BIN=path runs that herald binary instead of this tree's (an earlier build, for
+# an interleaved before/after comparison with the same load generator).
+#
 # Installs redis-server, nginx-light and libnginx-mod-nchan with apt-get when missing.
 # The server under test runs alone on core 0; herald-loadtest (coordinator, publisher and
 # worker processes) and redis-server share core 1. Each run gets a fresh redis-server and
@@ -82,6 +85,8 @@ log "building Herald and herald-loadtest (release)"
 cargo build --release --quiet -p herald -p herald-loadtest
 bin="${CARGO_TARGET_DIR:-target}/release"
 [[ $bin == /* ]] || bin="$PWD/$bin"
+herald_bin=${HERALD_BIN:-$bin/herald}
+[[ -n ${HERALD_BIN:-} ]] && herald_version="$("$herald_bin" --version) at $HERALD_BIN"
 
 # --- Limits and parameters ------------------------------------------------------------
 raise_nofile
@@ -151,7 +156,7 @@ trap 'exit 130' INT TERM
 
 # start_herald PORT REDIS_PORT DIR [FLAGS...]: sets server_pid, and measured_pid (the same).
 start_herald() {
-  taskset -c 0 "$bin/herald" --listen "127.0.0.1:$1" --redis-url "redis://127.0.0.1:$2" \
+  taskset -c 0 "$herald_bin" --listen "127.0.0.1:$1" --redis-url "redis://127.0.0.1:$2" \
     "${herald_flags[@]}" "${@:4}" >"$3/herald.log" 2>&1 &
   server_pid=$! measured_pid=$!
   wait_for 30 "Herald ready on port $1" http_ok "$1" /readyz
