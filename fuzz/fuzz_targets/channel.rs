@@ -1,10 +1,12 @@
 //! Channel names and Redis payloads: validation never panics, and every accepted name
-//! with any payload encodes to one valid JSON frame.
+//! with any payload (opened as a kept publication's envelope when it is one) encodes to
+//! one valid JSON frame.
 //!
 //! Valid is checked as JSON syntax (RawValue), not as serde_json's Value: a payload such
 //! as `1e999` is valid JSON and embedded as-is by contract, though it overflows an f64.
 #![no_main]
 
+use herald::history::offset::open_envelope;
 use herald::{channel, payload};
 use libfuzzer_sys::fuzz_target;
 
@@ -15,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if channel::validate(name).is_ok() {
-        let frame = payload::message(name, body);
+        let (offset, body) = open_envelope(body);
+        let frame = payload::message(name, body, offset);
         let _: Box<serde_json::value::RawValue> =
             serde_json::from_str(frame.as_str()).expect("frame is JSON");
     }
