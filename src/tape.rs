@@ -21,7 +21,7 @@ use crate::history::sequence::{Out, Read, Sequence};
 use crate::history::{Position, Rule};
 use crate::inbox::Inbox;
 use crate::payload::Frame;
-use crate::protocol;
+use crate::protocol::{self, Code, Refusal};
 
 /// Identifies a session among a tape's subscribers.
 pub type SessionId = u64;
@@ -35,6 +35,8 @@ pub struct Tape {
     capacity: usize,
     /// Frames a history channel keeps after every subscriber read them (0 otherwise).
     retain: usize,
+    /// Redis refused the channel (an ACL): its subscribers were told and drop it.
+    refused: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -119,6 +121,7 @@ impl Tape {
             name,
             capacity,
             retain: history.map_or(0, |rule| rule.size.min(capacity)),
+            refused: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 sequence: history.map(|_| Sequence::default()),
                 ..State::default()
@@ -188,6 +191,24 @@ impl Tape {
         let mut state = self.lock();
         let (_, gaps) = self.put(&mut state, vec![Out::Gap], false);
         gaps
+    }
+
+    /// Redis refused the channel: every subscriber gets `error` (`forbidden`, with
+    /// `reason`) and drops it when it reads (see `is_refused`).
+    pub fn refuse(self: &Arc<Self>, reason: &str) {
+        self.refused
+            .store(true, std::sync::atomic::Ordering::Release);
+        let refusal = Refusal::new(None, Code::Forbidden, format!("{}: {reason}", self.name));
+        let mut state = self.lock();
+        self.put(
+            &mut state,
+            [Out::Frame(0, protocol::error(&refusal).into())],
+            false,
+        );
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a history read can be answered for this tape now: anchored, and not

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use redis::aio::PubSubSink;
 
+use tracing::warn;
+
 use crate::channel::{Name, Prefix};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -118,28 +120,64 @@ impl<'a> Reconciler<'a> {
 
     async fn apply(&mut self, kind: Kind, names: &[Name]) -> Result<(), BatchError> {
         for batch in names.chunks(BATCH) {
-            let redis_names: Vec<String> = batch.iter().map(|n| self.prefix.to_redis(n)).collect();
-            let reply = match kind {
-                Kind::Subscribe => {
-                    tokio::time::timeout(self.timeout, self.sink.subscribe(&redis_names)).await
+            match self.send(kind, batch).await {
+                Ok(()) => self.applied(kind, batch),
+                // A channel an ACL refuses (NOPERM) is about that channel, not the
+                // connection: treating it as lost resubscribed the same set forever and
+                // cut off every client. Find which, refuse those, keep the rest.
+                Err(BatchError::Redis(e)) if matches!(kind, Kind::Subscribe) && refused(&e) => {
+                    for name in batch {
+                        let one = std::slice::from_ref(name);
+                        match self.send(kind, one).await {
+                            Ok(()) => self.applied(kind, one),
+                            Err(BatchError::Redis(e)) if refused(&e) => self.refuse(name, &e),
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
-                Kind::Unsubscribe => {
-                    tokio::time::timeout(self.timeout, self.sink.unsubscribe(&redis_names)).await
-                }
-            };
-            match reply {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(BatchError::Redis(e)),
-                Err(_) => return Err(BatchError::Timeout(self.timeout)),
+                Err(e) => return Err(e),
             }
-            for name in batch {
-                match kind {
-                    Kind::Subscribe => self.on_redis.insert(name.clone()),
-                    Kind::Unsubscribe => self.on_redis.remove(name),
-                };
-            }
-            self.metrics.channels.set(self.on_redis.len() as i64);
         }
         Ok(())
     }
+
+    async fn send(&mut self, kind: Kind, batch: &[Name]) -> Result<(), BatchError> {
+        let redis_names: Vec<String> = batch.iter().map(|n| self.prefix.to_redis(n)).collect();
+        let reply = match kind {
+            Kind::Subscribe => {
+                tokio::time::timeout(self.timeout, self.sink.subscribe(&redis_names)).await
+            }
+            Kind::Unsubscribe => {
+                tokio::time::timeout(self.timeout, self.sink.unsubscribe(&redis_names)).await
+            }
+        };
+        match reply {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BatchError::Redis(e)),
+            Err(_) => Err(BatchError::Timeout(self.timeout)),
+        }
+    }
+
+    fn applied(&mut self, kind: Kind, batch: &[Name]) {
+        for name in batch {
+            match kind {
+                Kind::Subscribe => self.on_redis.insert(name.clone()),
+                Kind::Unsubscribe => self.on_redis.remove(name),
+            };
+        }
+        self.metrics.channels.set(self.on_redis.len() as i64);
+    }
+
+    /// Tells the subscribers of a channel Redis refused, and lets them drop it.
+    fn refuse(&self, name: &Name, error: &redis::RedisError) {
+        warn!(channel = %name, %error, "redis refused a channel; its subscribers are told");
+        if let Some(tape) = self.hub.tape(name) {
+            tape.refuse(&format!("redis refused the channel: {error}"));
+        }
+    }
+}
+
+/// Whether Redis refused a channel by its ACL, as opposed to failing the connection.
+fn refused(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOPERM")
 }

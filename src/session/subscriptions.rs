@@ -65,6 +65,14 @@ impl Subscriptions {
                 joined.push(tape);
             }
         }
+        // A channel Redis refused moments ago, whose last subscribers are still leaving:
+        // all or nothing, as for any refusal.
+        if let Some(tape) = joined.iter().find(|tape| tape.is_refused()) {
+            let message = format!("redis refused {:?}", tape.name());
+            let names: Vec<Name> = joined.iter().map(|tape| tape.name().clone()).collect();
+            self.unsubscribe(&names);
+            return Err(Refusal::new(id.clone(), Code::Forbidden, message));
+        }
         Ok(joined)
     }
 
@@ -144,6 +152,11 @@ impl Subscriptions {
                 let lagged = protocol::lagged(tape.name(), missed);
                 batch.frames.insert(before, lagged.into());
                 batch.missed += missed;
+            }
+            if tape.is_refused() {
+                // Its `error` was among what was just read: the channel is gone.
+                let (tape, _) = self.held.remove(at);
+                self.hub.unsubscribe(tape.name(), self.session);
             }
         }
     }

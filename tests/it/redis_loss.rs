@@ -422,3 +422,62 @@ async fn acl_log_count(redis: &Redis) -> i64 {
         })
         .unwrap_or(0)
 }
+
+/// A Redis ACL that refuses one channel (`NOPERM`) refuses it to its subscribers only:
+/// they get `error` `forbidden` and the channel is dropped from their set; the connection
+/// stays up and every other channel, theirs included, keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
+    let redis = Redis::start().await;
+    redis
+        .raw(&[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">limited-pass",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&allowed:*",
+        ])
+        .await;
+    let url = redis
+        .url()
+        .replace("redis://", "redis://limited:limited-pass@");
+    let gw = Gateway::start(&url, FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let mut bystander = Client::connect(&gw.ws_url("channels=allowed:1")).await;
+    wait_channels(&redis, &["allowed:1"], secs(5)).await;
+    let before = reconnects(&gw).await;
+
+    let mut client = Client::connect(&gw.ws_url("")).await;
+    let held = client.subscribe(1, &["forbidden:1", "allowed:2"]).await;
+    assert_eq!(held, ["allowed:2", "forbidden:1"]);
+    let error = client.expect_op("error", secs(5)).await;
+    assert_eq!(error["code"], "forbidden", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("forbidden:1") && message.to_lowercase().contains("noperm"),
+        "{error}"
+    );
+    assert_eq!(client.unsubscribe(2, &[]).await, ["allowed:2"], "dropped");
+
+    wait_channels(&redis, &["allowed:1", "allowed:2"], secs(5)).await;
+    redis.publish("allowed:1", "still served").await;
+    assert_eq!(
+        bystander.expect_message("allowed:1", secs(5)).await["data"],
+        "still served"
+    );
+    redis.publish("allowed:2", "yours too").await;
+    assert_eq!(
+        client.expect_message("allowed:2", secs(5)).await["data"],
+        "yours too"
+    );
+    assert_eq!(
+        reconnects(&gw).await,
+        before,
+        "the connection was never dropped"
+    );
+    assert_eq!(gw.get("/readyz").await.0, 200);
+}
