@@ -18,20 +18,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::wait_channels;
+use crate::redis_loss::{reconnects, wait_reconnect, FAST_REDIS};
 use crate::support::client::Frame;
 use crate::support::{eventually, secs, Client, Gateway, Proxy, Redis};
-
-/// The short reconnect timings of redis_loss.rs, so an outage heals within a test's patience.
-const FAST_REDIS: &[&str] = &[
-    "--redis-probe-interval",
-    "300ms",
-    "--redis-timeout",
-    "1s",
-    "--redis-backoff-base",
-    "20ms",
-    "--redis-backoff-max",
-    "200ms",
-];
 
 /// FAST_REDIS and `--history rules`.
 fn history_args(rules: &str) -> Vec<&str> {
@@ -1748,29 +1737,6 @@ fn outage(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_unrecoverable_error()
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-}
-
-async fn reconnects(gw: &Gateway) -> f64 {
-    gw.metrics()
-        .await
-        .value("herald_redis_reconnects_total", &[])
-}
-
-/// Waits until the subscriber connection was re-established since `before` was read.
-async fn wait_reconnect(gw: &Gateway, before: f64) {
-    eventually(
-        "herald_redis_reconnects_total to increase",
-        secs(10),
-        async || {
-            let now = reconnects(gw).await;
-            if now > before {
-                Ok(())
-            } else {
-                Err(now)
-            }
-        },
-    )
-    .await;
 }
 
 /// herald_history_recoveries_total as (recovered, not_recovered).

@@ -11,7 +11,7 @@ use crate::support::eventually::expect_eq;
 use crate::support::{eventually, secs, Client, Gateway, Proxy, Redis};
 
 /// Short timings so an outage is noticed and healed within a test's patience.
-const FAST_REDIS: &[&str] = &[
+pub const FAST_REDIS: &[&str] = &[
     "--redis-probe-interval",
     "300ms",
     "--redis-timeout",
@@ -22,14 +22,14 @@ const FAST_REDIS: &[&str] = &[
     "200ms",
 ];
 
-async fn reconnects(gw: &Gateway) -> f64 {
+pub async fn reconnects(gw: &Gateway) -> f64 {
     gw.metrics()
         .await
         .value("herald_redis_reconnects_total", &[])
 }
 
 /// Waits until the subscriber connection was re-established since `before` was read.
-async fn wait_reconnect(gw: &Gateway, before: f64) {
+pub async fn wait_reconnect(gw: &Gateway, before: f64) {
     eventually(
         "herald_redis_reconnects_total to increase",
         secs(10),
