@@ -13,14 +13,14 @@
 //! - `app`        wiring and the shutdown sequence
 //! - `http`       the listener: /ws /healthz /readyz /metrics, refusals before the upgrade
 //! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
-//! - `tape`       a channel's last frames, read by each subscriber from its own cursor;
-//!                on a history channel, where fills and resumes join the live stream
+//! - `tape`       a channel's last frames, read by each subscriber from its own cursor
+//!   (on a history channel, where fills and resumes join the live stream)
 //! - `history`    history channels: rules, offsets, the Redis function library's source,
-//!                and the ordering of live publications and history reads (no I/O)
+//!   and the ordering of live publications and history reads (no I/O)
 //! - `inbox`      which tapes have news for a session, and its one wake
 //! - `hub`        channel -> tape; the record of what Redis should carry
 //! - `redis`      the subscriber connection (own thread): reconnect, resubscribe, reconcile,
-//!                probe; the command connection beside it for history reads
+//!   probe; the command connection beside it for history reads
 //! - `gate`       the connection limits, per instance and per client IP
 //! - `fd_limit`   the connection limit the open-files limit really allows
 //! - `auth`       JWT verification and channel grants
