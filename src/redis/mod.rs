@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! loop:
-//!   connect (deadline) ──fail──► wait (jittered backoff) ──┐
-//!   resubscribe the hub's union in batches                 │
-//!   ready; then concurrently:                              │
-//!     read:    publication -> hub.publish (never waits)    │
-//!     control: hub changed -> reconcile; every interval PING must answer
-//!   any end of either = connection lost ───────────────────┘
+//!   connect (deadline) ──fail──► wait (jittered backoff; ~30s if credentials refused) ─┐
+//!   history on: command connection, FUNCTION LOAD REPLACE the library                  │
+//!   resubscribe the hub's union in batches (history channels hold live meanwhile)      │
+//!   gap-fill: history channels read what they missed; the others get `gap`            │
+//!   ready; then concurrently:                                                          │
+//!     read:    publication -> hub.publish (never waits)                                │
+//!     control: hub changed -> reconcile, anchor new history channels;                  │
+//!              sessions' history requests -> one read per channel;                     │
+//!              every interval PING must answer (then the backoff resets), library kept │
+//!   any end of either = connection lost ───────────────────────────────────────────────┘
 //! ```
 //!
 //! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
 //! from outside the runtime that runs them; see `spawn` for why that matters.
 //!
-//! redis-rs's PubSub stream simply ends when the connection dies; here that end, a refused
-//! batch or an unanswered probe all mean "reconnect", never a clean exit. The probe catches
+//! redis-rs's PubSub stream simply ends when the connection dies; here that end, a failed
+//! batch or an unanswered probe all mean "reconnect", never a clean exit (a channel an ACL
+//! refuses is refused to its subscribers instead: `reconcile`). The probe catches
 //! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
 
 mod history;
