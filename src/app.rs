@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::redis::{Settings as RedisSettings, Subscriber, TlsFiles};
 use crate::session::{self, Shared};
+use crate::tape::Budget;
 
 /// Read buffer per connection, in bytes. tungstenite allocates it eagerly for every
 /// connection and grows it on demand for a larger frame; clients send little (requests,
@@ -75,6 +76,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         metrics.clone(),
         config.queue_capacity as usize,
         config.history.clone(),
+        Arc::new(Budget::new(
+            config.channel_max_bytes as usize,
+            config.max_queued_bytes as usize,
+        )),
     ));
     let (history_requests, history_queue) = crate::history::request::queue();
     let drain = CancellationToken::new();

@@ -98,6 +98,18 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub history_timeout: Duration,
 
+    /// Bytes of frames one channel keeps for subscribers that are behind; beyond it the
+    /// oldest go (they get `lagged`), whatever HERALD_QUEUE_CAPACITY allows.
+    #[arg(long, env = "HERALD_CHANNEL_MAX_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub channel_max_bytes: u64,
+
+    /// Bytes of frames all channels together keep for subscribers that are behind; beyond
+    /// it the appending channel's oldest go.
+    #[arg(long, env = "HERALD_MAX_QUEUED_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_bytes: u64,
+
     /// How long a write to a client may stay blocked before the client is closed with
     /// 1008 `slow consumer`.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]

@@ -19,7 +19,7 @@ use crate::inbox::Inbox;
 use crate::metrics::Metrics;
 use crate::payload;
 pub use crate::tape::SessionId;
-use crate::tape::{Cursor, Tape};
+use crate::tape::{Budget, Cursor, Tape};
 
 pub struct Hub {
     /// Invariant: an entry exists exactly while its tape has at least one subscriber.
@@ -28,6 +28,8 @@ pub struct Hub {
     capacity: usize,
     /// Which channels keep history.
     history: Rules,
+    /// Bytes the tapes may keep, per channel and in all.
+    budget: Arc<Budget>,
     /// Channels whose first subscriber came or last one left since the reconciler looked.
     /// Bounded by the number of distinct channels, unlike a queue of events, and kept
     /// only while a connection is there to reconcile: during an outage a reconnect
@@ -42,12 +44,13 @@ pub struct Hub {
 
 impl Hub {
     /// `capacity`: frames each channel keeps for subscribers that are behind; `history`:
-    /// the channels that keep history.
-    pub fn new(metrics: Metrics, capacity: usize, history: Rules) -> Self {
+    /// the channels that keep history; `budget`: the bytes they may keep.
+    pub fn new(metrics: Metrics, capacity: usize, history: Rules, budget: Arc<Budget>) -> Self {
         Hub {
             channels: DashMap::new(),
             capacity,
             history,
+            budget,
             dirty: Mutex::default(),
             tracking: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
@@ -79,7 +82,12 @@ impl Hub {
             }
             Entry::Vacant(entry) => {
                 let rule = self.history.find(name);
-                let tape = Arc::new(Tape::new(shared.clone(), self.capacity, rule));
+                let tape = Arc::new(Tape::new(
+                    shared.clone(),
+                    self.capacity,
+                    rule,
+                    self.budget.clone(),
+                ));
                 let cursor = tape.join(session, inbox);
                 entry.insert(tape.clone());
                 self.mark_dirty(&shared);
@@ -182,6 +190,7 @@ mod tests {
             Metrics::new(prometheus::Registry::new()).unwrap(),
             8,
             Rules::default(),
+            crate::tape::Budget::unlimited(),
         );
         hub.track_changes(true);
         hub

@@ -81,7 +81,12 @@ mod tests {
     #[test]
     fn a_closed_inbox_ignores_marks() {
         let inbox = Inbox::new();
-        let tape = Arc::new(Tape::new("a".into(), 4, None));
+        let tape = Arc::new(Tape::new(
+            "a".into(),
+            4,
+            None,
+            crate::tape::Budget::unlimited(),
+        ));
         inbox.mark(&tape);
         inbox.close();
         inbox.mark(&tape);
@@ -97,7 +102,12 @@ mod tests {
             let inbox = inbox.clone();
             async move { inbox.ready().await }
         });
-        inbox.mark(&Arc::new(Tape::new("a".into(), 4, None)));
+        inbox.mark(&Arc::new(Tape::new(
+            "a".into(),
+            4,
+            None,
+            crate::tape::Budget::unlimited(),
+        )));
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")

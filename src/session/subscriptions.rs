@@ -237,6 +237,7 @@ mod tests {
             Metrics::new(prometheus::Registry::new()).unwrap(),
             4,
             crate::history::Rules::default(),
+            crate::tape::Budget::unlimited(),
         ));
         let inbox = Arc::new(Inbox::new());
         let limits = Limits {

@@ -261,7 +261,12 @@ mod tests {
 
     /// A history tape anchored at `top` in epoch "e" with one subscriber that read all.
     fn anchored(size: usize, capacity: usize, top: u64) -> (Arc<Tape>, Reader) {
-        let tape = Arc::new(Tape::new("c".into(), capacity, Some(&rule(size))));
+        let tape = Arc::new(Tape::new(
+            "c".into(),
+            capacity,
+            Some(&rule(size)),
+            super::super::Budget::unlimited(),
+        ));
         let reader = Reader::join(&tape, 1);
         let read = Read {
             epoch: Some("e".into()),

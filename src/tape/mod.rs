@@ -12,6 +12,7 @@
 //! cursor back, with no Redis read (a rolling restart moves thousands at once).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use indexmap::IndexMap;
@@ -33,8 +34,52 @@ pub type SessionId = u64;
 /// A position on a tape: the sequence number of the next frame to read.
 pub type Cursor = u64;
 
+/// How many bytes of frames tapes may keep, per channel and for the whole process: a
+/// frame count alone lets 1,024 publications of 1 MB hold 1 GB for one channel. Beyond
+/// either, a tape's oldest frames go (subscribers behind get `lagged`, as for the count).
+#[derive(Debug)]
+pub struct Budget {
+    pub per_channel: usize,
+    pub total: usize,
+    /// What the tapes held as each last counted. Only an appending tape counts (and one
+    /// that goes away), so readers on many cores never touch this shared counter; what
+    /// readers let go is counted at the tape's next append.
+    used: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(per_channel: usize, total: usize) -> Self {
+        Budget {
+            per_channel,
+            total,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// No limit beyond the frame count (tests).
+    pub fn unlimited() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX, usize::MAX))
+    }
+
+    /// Bytes the tapes hold, as last counted.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Moves `counted` (what a tape added to `used` before) to `now`.
+    fn count(&self, counted: &mut usize, now: usize) {
+        if now >= *counted {
+            self.used.fetch_add(now - *counted, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(*counted - now, Ordering::Relaxed);
+        }
+        *counted = now;
+    }
+}
+
 pub struct Tape {
     name: Name,
+    budget: Arc<Budget>,
     /// Most frames kept: how far a subscriber may fall behind before it loses frames.
     capacity: usize,
     /// Frames a history channel keeps after every subscriber read them (0 otherwise).
@@ -42,6 +87,14 @@ pub struct Tape {
     /// Redis refused the channel (an ACL): its subscribers were told and drop it.
     refused: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
+}
+
+impl Drop for Tape {
+    fn drop(&mut self) {
+        let state = self.lock();
+        let mut counted = state.counted;
+        self.budget.count(&mut counted, 0);
+    }
 }
 
 impl std::fmt::Debug for Tape {
@@ -66,6 +119,10 @@ struct State {
     waiting: IndexMap<SessionId, Arc<Inbox>>,
     /// The publication order of a history channel; `None` for other channels.
     sequence: Option<Sequence>,
+    /// Bytes of the frames held.
+    bytes: usize,
+    /// What this tape last counted in its budget's `used`.
+    counted: usize,
 }
 
 impl State {
@@ -77,19 +134,31 @@ impl State {
     /// is needed.
     fn forget_if_all_read(&mut self, retain: usize) {
         if self.waiting.len() == self.subscribers {
-            let over = self.frames.len().saturating_sub(retain);
-            self.frames.drain(..over);
-            self.first += over as u64;
+            self.drop_front(self.frames.len().saturating_sub(retain));
         }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.bytes += entry.frame.wire().len();
+        self.frames.push_back(entry);
+    }
+
+    /// Lets the oldest `n` frames go.
+    fn drop_front(&mut self, n: usize) {
+        for entry in self.frames.drain(..n) {
+            self.bytes -= entry.frame.wire().len();
+        }
+        self.first += n as u64;
     }
 }
 
 impl Tape {
     /// A tape for channel `name`; `history` is its rule when it is a history channel.
-    pub fn new(name: Name, capacity: usize, history: Option<&Rule>) -> Self {
+    pub fn new(name: Name, capacity: usize, history: Option<&Rule>, budget: Arc<Budget>) -> Self {
         let capacity = capacity.max(1);
         Tape {
             name,
+            budget,
             capacity,
             retain: history.map_or(0, |rule| rule.size.min(capacity)),
             refused: std::sync::atomic::AtomicBool::new(false),
@@ -215,7 +284,7 @@ impl Tape {
                     }
                 }
             };
-            state.frames.push_back(entry);
+            state.push(entry);
         }
         if frames + gaps == 0 {
             return (0, 0);
@@ -225,10 +294,18 @@ impl Tape {
             true => 0,
             false => state.frames.len().saturating_sub(self.capacity).min(added),
         };
-        if over > 0 {
-            state.frames.drain(..over);
-            state.first += over as u64;
+        state.drop_front(over);
+        // Bytes: this channel's share, then the process's; the newest frame always stays.
+        let budget = &self.budget;
+        let mut counted = state.counted;
+        budget.count(&mut counted, state.bytes);
+        while state.frames.len() > 1
+            && (state.bytes > budget.per_channel || budget.used() > budget.total)
+        {
+            state.drop_front(1);
+            budget.count(&mut counted, state.bytes);
         }
+        state.counted = counted;
         for (_, inbox) in state.waiting.drain(..) {
             inbox.mark(self);
         }
@@ -312,7 +389,7 @@ mod tests {
 
     #[test]
     fn each_subscriber_reads_every_frame_once_from_where_it_joined() {
-        let tape = Arc::new(Tape::new("c".into(), 8, None));
+        let tape = Arc::new(Tape::new("c".into(), 8, None, Budget::unlimited()));
         let mut early = Reader::join(&tape, 1);
         assert_eq!(tape.publish(frames(&["1", "2"])), 2);
         let mut late = Reader::join(&tape, 2);
@@ -334,7 +411,7 @@ mod tests {
 
     #[test]
     fn only_waiting_subscribers_are_told() {
-        let tape = Arc::new(Tape::new("c".into(), 8, None));
+        let tape = Arc::new(Tape::new("c".into(), 8, None, Budget::unlimited()));
         let mut reader = Reader::join(&tape, 1);
         tape.publish(frames(&["1"]));
         tape.publish(frames(&["2"]));
@@ -347,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_too_far_behind_loses_the_oldest_and_counts_them() {
-        let tape = Arc::new(Tape::new("c".into(), 3, None));
+        let tape = Arc::new(Tape::new("c".into(), 3, None, Budget::unlimited()));
         let mut slow = Reader::join(&tape, 1);
         let mut fast = Reader::join(&tape, 2);
         tape.publish(frames(&["1", "2"]));
@@ -361,8 +438,44 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_budget_lets_the_oldest_go_per_channel_and_for_the_process() {
+        // Frames of 1,000 text bytes are 1,004 bytes on the wire; 3 fit in 3,100.
+        let big = |n: u8| {
+            vec![(
+                None,
+                Frame::from(char::from(b'a' + n).to_string().repeat(1000)),
+            )]
+        };
+        let budget = Arc::new(Budget::new(3_100, 5_000));
+        let one = Arc::new(Tape::new("one".into(), 100, None, budget.clone()));
+        let mut slow = Reader::join(&one, 1);
+        for n in 0..10 {
+            one.publish(big(n));
+        }
+        assert_eq!(budget.used(), 3 * 1_004, "this channel's share");
+        assert_eq!(slow.read(&one).0, 7, "the oldest went");
+        assert_eq!(slow.out.len(), 3);
+        // Another channel: together they may hold 5,000 bytes, so 4 frames in all.
+        let two = Arc::new(Tape::new("two".into(), 100, None, budget.clone()));
+        let other = Reader::join(&two, 2);
+        let again = Reader::join(&one, 3);
+        one.publish(big(0));
+        for n in 0..3 {
+            two.publish(big(n));
+        }
+        assert!(budget.used() <= 5_000, "{}", budget.used());
+        // Inboxes hold marked tapes: drop the readers too.
+        drop((one, two, slow, other, again));
+        assert_eq!(
+            budget.used(),
+            0,
+            "a tape that goes gives back what it counted"
+        );
+    }
+
+    #[test]
     fn frames_everyone_has_read_are_let_go() {
-        let tape = Arc::new(Tape::new("c".into(), 8, None));
+        let tape = Arc::new(Tape::new("c".into(), 8, None, Budget::unlimited()));
         let mut one = Reader::join(&tape, 1);
         let two = Reader::join(&tape, 2);
         tape.publish(frames(&["1"]));

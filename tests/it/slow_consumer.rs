@@ -84,7 +84,21 @@ const BURST: u64 = 600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_falls_behind_is_told_what_it_missed() {
-    let (redis, gw) = start(&["--write-timeout", "60s", "--queue-capacity", "8"]).await;
+    told_what_it_missed(&["--write-timeout", "60s", "--queue-capacity", "8"]).await;
+}
+
+/// The same with room for every frame by count but a byte budget of ~1 MB for the
+/// channel (the burst is ~29 MB): the oldest go by bytes, told with `lagged` the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_keeps_no_more_bytes_than_its_budget() {
+    let args = ["--write-timeout", "60s", "--queue-capacity", "4096"];
+    told_what_it_missed(&[&args[..], &["--channel-max-bytes", "1000000"]].concat()).await;
+}
+
+/// A client reads nothing while BURST publications go out, then reads: what was kept, in
+/// order, and `lagged` for the rest, which the metric counts too.
+async fn told_what_it_missed(args: &[&str]) {
+    let (redis, gw) = start(args).await;
     let mut client = Client::connect(&gw.ws_url("channels=burst")).await;
     wait_channels(&redis, &["burst"], secs(5)).await;
 
