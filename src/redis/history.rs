@@ -30,9 +30,6 @@ pub struct History<'a> {
     metrics: &'a Metrics,
     /// Requests whose channel is not settled yet (being subscribed, anchored or filled).
     parked: Vec<Request>,
-    /// The reads made while one burst of requests is served (`forget_reads` ends it):
-    /// requests that queued up during a read are answered from it, not with another one.
-    fresh: HashMap<*const Tape, (u64, Arc<Read>)>,
 }
 
 impl<'a> History<'a> {
@@ -48,7 +45,6 @@ impl<'a> History<'a> {
             prefix,
             metrics,
             parked: Vec::new(),
-            fresh: HashMap::new(),
         }
     }
 
@@ -153,13 +149,6 @@ impl<'a> History<'a> {
                 }
                 Need::After(after) => {
                     let key = Arc::as_ptr(&request.tape);
-                    // Read moments ago from no later an offset: the same answer. (If the
-                    // tape moved on past it, the session asks again: `Joined::Behind`.)
-                    if let Some((_, read)) = self.fresh.get(&key).filter(|(from, _)| *from <= after)
-                    {
-                        let _ = request.reply.send(Answer::Read(read.clone()));
-                        continue;
-                    }
                     let entry = reads
                         .entry(key)
                         .or_insert_with(|| (request.tape.clone(), after, Vec::new()));
@@ -177,19 +166,13 @@ impl<'a> History<'a> {
             .map(|(tape, after, _)| (tape.name().clone(), *after))
             .collect();
         let results = self.read(&wanted).await?;
-        for ((tape, after, requests), read) in groups.into_iter().zip(results) {
+        for ((_, _, requests), read) in groups.into_iter().zip(results) {
             let read = Arc::new(read);
             for request in requests {
                 let _ = request.reply.send(Answer::Read(read.clone()));
             }
-            self.fresh.insert(Arc::as_ptr(&tape), (after, read));
         }
         Ok(())
-    }
-
-    /// Ends a burst of requests: later ones get reads of their own.
-    pub fn forget_reads(&mut self) {
-        self.fresh.clear();
     }
 
     async fn read(&mut self, wanted: &[(Name, u64)]) -> Result<Vec<Read>, BatchError> {

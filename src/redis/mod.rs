@@ -49,10 +49,6 @@ use outage::{Lost, Outage, REFUSED_RETRY};
 use reconcile::{BatchError, Reconciler};
 use store::Store;
 
-/// Rounds of session requests served from one burst's reads before the control loop looks
-/// at the hub again.
-const BURST_ROUNDS: usize = 8;
-
 /// Most publications taken from the connection in one go.
 const READ_BATCH: usize = 128;
 
@@ -332,22 +328,14 @@ impl Subscriber {
                     }
                 }
                 Some(request) = requests.recv() => {
-                    // Take every request already queued: one read per channel serves them,
-                    // and those that queued up during that read too (a mass resume).
-                    // Bounded, so a stream of requests never holds off reconciling.
+                    // Take every request already queued: one read per channel serves them.
                     history.take(request);
-                    for _ in 0..BURST_ROUNDS {
-                        while let Ok(request) = requests.try_recv() {
-                            history.take(request);
-                        }
-                        if let Err(e) = history.serve().await {
-                            return Lost::batch(e);
-                        }
-                        if requests.is_empty() {
-                            break;
-                        }
+                    while let Ok(request) = requests.try_recv() {
+                        history.take(request);
                     }
-                    history.forget_reads();
+                    if let Err(e) = history.serve().await {
+                        return Lost::batch(e);
+                    }
                 }
                 _ = probe.tick() => {
                     if let Err(e) = reconciler.probe(interval).await {
