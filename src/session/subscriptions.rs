@@ -291,6 +291,6 @@ mod tests {
         subs.unsubscribe(&["a", "never"]);
         assert!(!hub.is_live("a") && hub.is_live("b"));
         drop(subs);
-        assert!(hub.live_channels().is_empty());
+        assert!(hub.live_tapes().is_empty());
     }
 }

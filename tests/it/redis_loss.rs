@@ -188,14 +188,7 @@ async fn output_buffer_limit_disconnect_is_healed() {
     wait_channels(&redis, &["big"], secs(5)).await;
     let before = reconnects(&gw).await;
 
-    redis
-        .raw(&[
-            "CONFIG",
-            "SET",
-            "client-output-buffer-limit",
-            "pubsub 64kb 0 0",
-        ])
-        .await;
+    cut_subscribers_past_64kb(&redis).await;
     redis.publish("big", vec![b'x'; 1 << 20]).await;
     wait_reconnect(&gw, before).await;
     gw.wait_ready(secs(5)).await;
@@ -334,14 +327,7 @@ async fn a_connection_killed_again_and_again_backs_off() {
     gw.wait_ready(secs(10)).await;
     let _client = Client::connect(&gw.ws_url("channels=big")).await;
     wait_channels(&redis, &["big"], secs(5)).await;
-    redis
-        .raw(&[
-            "CONFIG",
-            "SET",
-            "client-output-buffer-limit",
-            "pubsub 64kb 0 0",
-        ])
-        .await;
+    cut_subscribers_past_64kb(&redis).await;
     // Bounded: at most 10 s of big publications, ~every 10ms.
     let flood = async {
         for _ in 0..1000 {
@@ -480,4 +466,17 @@ async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
         "the connection was never dropped"
     );
     assert_eq!(gw.get("/readyz").await.0, 200);
+}
+
+/// Redis closes a subscriber connection whose output buffer passes 64 KB: one larger
+/// publication then cuts Herald off.
+async fn cut_subscribers_past_64kb(redis: &Redis) {
+    redis
+        .raw(&[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 64kb 0 0",
+        ])
+        .await;
 }
