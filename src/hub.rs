@@ -96,16 +96,19 @@ impl Hub {
         }
     }
 
-    /// Removes a session from a channel; removing the last subscriber removes the channel.
-    pub fn unsubscribe(&self, name: &Name, session: SessionId) {
+    /// Removes a session at `cursor` from a channel; removing the last subscriber removes
+    /// the channel. Returns the publications the session never read (`Tape::leave`).
+    pub fn unsubscribe(&self, name: &Name, session: SessionId, cursor: Cursor) -> u64 {
         let Entry::Occupied(entry) = self.channels.entry(name.clone()) else {
-            return;
+            return 0;
         };
         self.metrics.subscriptions.dec();
-        if entry.get().leave(session) == 0 {
+        let (left, unread) = entry.get().leave(session, cursor);
+        if left == 0 {
             entry.remove();
             self.mark_dirty(name);
         }
+        unread
     }
 
     /// Appends consecutive publications on `channel` to its tape, encoding each once
@@ -203,7 +206,7 @@ mod tests {
         // An outage's churn through ever new names.
         for i in 0..1000 {
             let (tape, _) = hub.subscribe(&format!("n{i}"), 1, &inbox);
-            hub.unsubscribe(tape.name(), 1);
+            hub.unsubscribe(tape.name(), 1, 0);
         }
         let (held, _) = hub.subscribe("held", 1, &inbox);
         assert!(
@@ -213,7 +216,7 @@ mod tests {
         // Back: the live set is the snapshot; changes from now on are tracked.
         hub.track_changes(true);
         assert_eq!(names(&hub), [held.name().clone()]);
-        hub.unsubscribe(held.name(), 1);
+        hub.unsubscribe(held.name(), 1, 0);
         assert_eq!(hub.take_dirty(), HashSet::from([held.name().clone()]));
     }
 
@@ -239,9 +242,9 @@ mod tests {
             hub.take_dirty().is_empty(),
             "only the first subscriber marks"
         );
-        hub.unsubscribe(news.name(), 1);
+        hub.unsubscribe(news.name(), 1, 0);
         assert!(hub.take_dirty().is_empty() && hub.is_live("news"));
-        hub.unsubscribe(news.name(), 2);
+        hub.unsubscribe(news.name(), 2, 0);
         assert_eq!(hub.take_dirty(), HashSet::from([news.name().clone()]));
         assert!(!hub.is_live("news") && hub.live_tapes().is_empty());
         assert_eq!(hub.metrics.subscriptions.get(), 0);
@@ -272,7 +275,7 @@ mod tests {
         let inbox = Arc::new(Inbox::new());
         let (old, _) = hub.subscribe("c", 1, &inbox);
         hub.publish("c", [&b"1"[..]]);
-        hub.unsubscribe(old.name(), 1);
+        hub.unsubscribe(old.name(), 1, 0);
         let (new, mut cursor) = hub.subscribe("c", 1, &inbox);
         assert!(!Arc::ptr_eq(&old, &new), "the last leave removed the tape");
         hub.publish("c", [&b"2"[..]]);

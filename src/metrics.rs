@@ -18,7 +18,10 @@ pub struct Metrics {
     /// Publications dropped for a client that fell more than the queue capacity behind on
     /// a channel (it is told with `lagged`).
     pub dropped_queue_full: IntCounter,
-    /// Frames discarded when a client was closed as a slow consumer.
+    /// Publications a client closed as a slow consumer never got: unread on its channels
+    /// (also those that fell off a tape since its last read), waiting in its write, or
+    /// cut by the close. With `queue_full` and what clients received, they add up to
+    /// `deliveries_total`.
     pub dropped_slow_consumer: IntCounter,
     pub redis_connected: IntGauge,
     pub redis_reconnects_total: IntCounter,

@@ -16,6 +16,9 @@ pub struct Frame {
     wire: Bytes,
     header_len: u8,
     started: bool,
+    /// A `message` frame, as opposed to `gap`, `lagged` or `error`: what the drop
+    /// accounting counts.
+    publication: bool,
 }
 
 impl Frame {
@@ -33,6 +36,10 @@ impl Frame {
     /// Part of the frame is on the wire: the rest must follow before any other frame.
     pub fn started(&self) -> bool {
         self.started
+    }
+
+    pub fn is_publication(&self) -> bool {
+        self.publication
     }
 
     /// The frame's text (of a frame not yet started).
@@ -67,6 +74,7 @@ impl From<String> for Frame {
             wire: wire.into(),
             header_len,
             started: false,
+            publication: false,
         }
     }
 }
@@ -93,7 +101,10 @@ pub fn message(channel: &str, payload: &[u8], offset: Option<(&str, u64)>) -> Fr
         let _ = write!(out, r#","offset":"{epoch}:{n}""#);
     }
     out.push('}');
-    out.into()
+    Frame {
+        publication: true,
+        ..out.into()
+    }
 }
 
 #[cfg(test)]

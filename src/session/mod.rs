@@ -156,13 +156,14 @@ pub async fn run<S>(
 
     // Stop the fan-out reaching this client before anything else.
     inbox.close();
-    let mut discarded = requests.subs.unread() as usize;
+    let mut discarded = requests.subs.leave_all();
     drop(requests);
     // What a write cut short: the frame already on its way must be finished, the rest
     // is dropped with the queue.
     let started = batch.frames.front().is_some_and(|frame| frame.started());
     let unfinished = started.then(|| batch.frames.pop_front()).flatten();
-    discarded += batch.frames.len();
+    let cut_publication = unfinished.as_ref().is_some_and(|f| f.is_publication());
+    discarded += batch.frames.iter().filter(|f| f.is_publication()).count() as u64;
     let code = match end {
         End::Gone => return,
         End::GoingAway => close::GOING_AWAY,
@@ -172,20 +173,26 @@ pub async fn run<S>(
         End::TokenExpired => close::TOKEN_EXPIRED,
         End::BadUtf8 => close::BAD_UTF8,
         End::ProtocolError => close::PROTOCOL_ERROR,
-        End::SlowConsumer => {
-            shared
-                .metrics
-                .dropped_slow_consumer
-                .inc_by(discarded as u64);
-            close::SLOW_CONSUMER
-        }
+        End::SlowConsumer => close::SLOW_CONSUMER,
     };
     // A client judged dead will not answer the close; do not hold its slot for long.
     let grace = match end {
         End::HeartbeatTimeout => settings.write_timeout.min(DEAD_CLIENT_GRACE),
         _ => settings.write_timeout,
     };
-    writer::close(&mut ws, unfinished, code, grace).await;
+    let slow = matches!(end, End::SlowConsumer);
+    let dropped = &shared.metrics.dropped_slow_consumer;
+    if slow {
+        // Everything queued for it that it will not get: unread on its channels and
+        // waiting in its write. What the kernel already took still reaches a client that
+        // reads again (see `writer::close`). Counted before the close, which may take the
+        // whole grace period.
+        dropped.inc_by(discarded);
+    }
+    let finished = writer::close(&mut ws, unfinished, code, grace).await;
+    if slow && cut_publication && !finished {
+        dropped.inc();
+    }
 }
 
 async fn serve<S>(

@@ -103,8 +103,8 @@ impl Subscriptions {
     pub fn unsubscribe(&mut self, names: &[impl AsRef<str>]) {
         for name in names {
             if let Some(at) = self.find(name.as_ref()) {
-                let (tape, _) = self.held.remove(at);
-                self.hub.unsubscribe(tape.name(), self.session);
+                let (tape, cursor) = self.held.remove(at);
+                self.hub.unsubscribe(tape.name(), self.session, cursor);
             }
         }
     }
@@ -155,18 +155,18 @@ impl Subscriptions {
             }
             if tape.is_refused() {
                 // Its `error` was among what was just read: the channel is gone.
-                let (tape, _) = self.held.remove(at);
-                self.hub.unsubscribe(tape.name(), self.session);
+                let (tape, cursor) = self.held.remove(at);
+                self.hub.unsubscribe(tape.name(), self.session, cursor);
             }
         }
     }
 
-    /// Publications on its tapes this connection has not read: what it never gets if it
-    /// goes now.
-    pub fn unread(&self) -> u64 {
-        self.held
-            .iter()
-            .map(|(tape, cursor)| tape.unread(*cursor))
+    /// Leaves every channel; returns the publications this connection never read, each
+    /// counted as it leaves, so one appended meanwhile is either read or counted.
+    pub fn leave_all(&mut self) -> u64 {
+        let held = std::mem::take(&mut self.held);
+        held.into_iter()
+            .map(|(tape, cursor)| self.hub.unsubscribe(tape.name(), self.session, cursor))
             .sum()
     }
 
@@ -179,9 +179,7 @@ impl Subscriptions {
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        for (tape, _) in std::mem::take(&mut self.held) {
-            self.hub.unsubscribe(tape.name(), self.session);
-        }
+        self.leave_all();
     }
 }
 

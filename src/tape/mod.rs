@@ -143,6 +143,16 @@ impl State {
         self.frames.push_back(entry);
     }
 
+    /// Publications after `cursor`: those still here, and every frame that fell off
+    /// before it read them (its next read would report them as missed; a `gap` among
+    /// those counts too, as it does in `lagged`).
+    fn unread(&self, cursor: Cursor) -> u64 {
+        let fallen = self.first.saturating_sub(cursor);
+        let from = cursor.saturating_sub(self.first) as usize;
+        let here = self.frames.range(from.min(self.frames.len())..);
+        fallen + here.filter(|e| e.frame.is_publication()).count() as u64
+    }
+
     /// Lets the oldest `n` frames go.
     fn drop_front(&mut self, n: usize) {
         for entry in self.frames.drain(..n) {
@@ -185,13 +195,16 @@ impl Tape {
         state.head()
     }
 
-    /// Removes a subscriber; returns how many are left.
-    pub fn leave(&self, session: SessionId) -> usize {
+    /// Removes a subscriber at `cursor`; returns how many are left, and how many
+    /// publications it never read (see `unread`), counted under the same lock as
+    /// `publish` counts deliveries, so none slips between the two.
+    pub fn leave(&self, session: SessionId, cursor: Cursor) -> (usize, u64) {
         let mut state = self.lock();
+        let unread = state.unread(cursor);
         state.subscribers = state.subscribers.saturating_sub(1);
         state.waiting.swap_remove(&session);
         state.forget_if_all_read(self.retain);
-        state.subscribers
+        (state.subscribers, unread)
     }
 
     /// Appends live publications (in Redis's order, each with its offset when it has
@@ -333,10 +346,10 @@ impl Tape {
         missed
     }
 
-    /// Frames after `cursor` still on the tape: what a subscriber leaving now never gets.
+    /// Publications after `cursor`: what a subscriber leaving now never gets.
+    #[cfg(test)]
     pub fn unread(&self, cursor: Cursor) -> u64 {
-        let state = self.lock();
-        state.head().saturating_sub(cursor.max(state.first))
+        self.lock().unread(cursor)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -430,11 +443,27 @@ mod tests {
         tape.publish(frames(&["1", "2"]));
         assert_eq!(fast.read(&tape).0, 0);
         tape.publish(frames(&["3", "4", "5"]));
-        assert_eq!(tape.unread(slow.cursor), 3);
         assert_eq!(slow.read(&tape).0, 2);
         assert_eq!(texts(&slow.out), ["3", "4", "5"]);
         assert_eq!(fast.read(&tape).0, 0);
         assert_eq!(texts(&fast.out), ["1", "2", "3", "4", "5"]);
+    }
+
+    #[test]
+    fn a_subscriber_leaving_counts_the_publications_it_never_read() {
+        let tape = Arc::new(Tape::new("c".into(), 3, None, Budget::unlimited()));
+        let slow = Reader::join(&tape, 1);
+        let _other = Reader::join(&tape, 2);
+        let publication = |n: u8| (None, crate::payload::message("c", &[b'0' + n], None));
+        tape.publish((0..4).map(publication));
+        // Not a publication: not counted while on the tape.
+        tape.gap();
+        assert_eq!(
+            tape.unread(slow.cursor),
+            2 + 2,
+            "fallen off, and still here"
+        );
+        assert_eq!(tape.leave(1, slow.cursor), (1, 4));
     }
 
     #[test]
@@ -480,8 +509,12 @@ mod tests {
         let two = Reader::join(&tape, 2);
         tape.publish(frames(&["1"]));
         one.read(&tape);
-        assert_eq!(tape.unread(two.cursor), 1, "kept while one has not read it");
-        assert_eq!(tape.leave(2), 1);
+        assert_eq!(
+            tape.lock().frames.len(),
+            1,
+            "kept while one has not read it"
+        );
+        assert_eq!(tape.leave(2, two.cursor).0, 1);
         assert_eq!(tape.lock().frames.len(), 0, "let go once all have read it");
         tape.publish(frames(&["2"]));
         assert_eq!(one.read(&tape), (0, true));

@@ -31,7 +31,35 @@ pub struct Client {
 impl Client {
     /// Connects and reads the `welcome` frame.
     pub async fn connect(url: &str) -> Client {
-        let ws = match tokio::time::timeout(Duration::from_secs(10), try_connect(url)).await {
+        Client::welcomed(url, try_connect(url)).await
+    }
+
+    /// Like `connect`, over a socket whose receive buffer is set to `bytes` before it
+    /// connects (so the TCP window stays that small): a client on a slow link.
+    pub async fn connect_with_recv_buffer(url: &str, bytes: u32) -> Client {
+        let connect = async {
+            let uri: tungstenite::http::Uri = url.parse().expect("ws url");
+            let host = uri.host().expect("ws url with a host");
+            let port = uri.port_u16().expect("ws url with a port");
+            let addr: std::net::SocketAddr = format!("{host}:{port}")
+                .parse()
+                .expect("numeric ws address");
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+            let stream = socket.connect(addr).await.expect("TCP connect");
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+                .await
+                .map(|(ws, _)| ws)
+        };
+        Client::welcomed(url, connect).await
+    }
+
+    /// Completes `connect` within 10 s and reads the `welcome` frame.
+    async fn welcomed(
+        url: &str,
+        connect: impl std::future::Future<Output = Result<Ws, tungstenite::Error>>,
+    ) -> Client {
+        let ws = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => panic!("WebSocket connect to {url} failed: {e}"),
             Err(_) => panic!("WebSocket connect to {url} timed out after 10s"),
