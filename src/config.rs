@@ -110,6 +110,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_bytes: u64,
 
+    /// Bytes of publications read from Redis that may wait for the fan-out; beyond it Herald
+    /// stops reading, so the backlog waits in Redis under its client-output-buffer-limit.
+    #[arg(long, env = "HERALD_REDIS_INTAKE_MAX_BYTES", default_value_t = 8 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_intake_max_bytes: u64,
+
     /// How long a write to a client may stay blocked before the client is closed with
     /// 1008 `slow consumer`.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]

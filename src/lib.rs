@@ -1,8 +1,9 @@
 //! Herald: a WebSocket fan-out gateway for Redis pub/sub.
 //!
 //! ```text
-//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ (own thread)
-//!   (or FCALL herald_publish: kept in history, with an offset)  │ hub.publish: encode once,
+//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ io thread ─► intake
+//!   (or FCALL herald_publish: kept in history, with an offset)  │ (bounded) ─► own thread:
+//!                                                               │ hub.publish: encode once,
 //!                                                               ▼ append to its tape once
 //!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> tape)
 //!                              │ subscribe/unsubscribe            │ first in / last out
@@ -19,8 +20,9 @@
 //!   and the ordering of live publications and history reads (no I/O)
 //! - `inbox`      which tapes have news for a session, and its one wake
 //! - `hub`        channel -> tape; the record of what Redis should carry
-//! - `redis`      the subscriber connection (own thread): reconnect, resubscribe, reconcile,
-//!   probe; the command connection beside it for history reads
+//! - `redis`      the subscriber connection (own thread, read on another into a bounded
+//!   intake): reconnect, resubscribe, reconcile, probe; the command connection beside it
+//!   for history reads
 //! - `gate`       the connection limits, per instance and per client IP
 //! - `fd_limit`   the connection limit the open-files limit really allows
 //! - `auth`       JWT verification and channel grants

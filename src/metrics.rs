@@ -26,6 +26,9 @@ pub struct Metrics {
     pub redis_connected: IntGauge,
     pub redis_reconnects_total: IntCounter,
     pub fanout_seconds: Histogram,
+    /// How long publications waited in the intake, from read off the Redis connection to
+    /// taken for the fan-out.
+    pub redis_lag_seconds: Histogram,
     /// Resumes (`subscribe` with `since`) that delivered everything after the offset.
     pub recoveries_recovered: IntCounter,
     /// Resumes answered `recovered: false`.
@@ -62,11 +65,19 @@ impl Metrics {
         let fanout_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "herald_fanout_seconds",
-                "Time from receipt from Redis to queued for every local subscriber.",
+                "Time from taken from the intake to queued for every local subscriber.",
+            )
+            .buckets(buckets.clone()),
+        )?;
+        registry.register(Box::new(fanout_seconds.clone()))?;
+        let redis_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_redis_lag_seconds",
+                "Time publications waited between read from Redis and fanned out.",
             )
             .buckets(buckets),
         )?;
-        registry.register(Box::new(fanout_seconds.clone()))?;
+        registry.register(Box::new(redis_lag_seconds.clone()))?;
         let recoveries = IntCounterVec::new(
             Opts::new(
                 "herald_history_recoveries_total",
@@ -103,6 +114,7 @@ impl Metrics {
                 "Reconnections of the Redis subscriber connection.",
             )?,
             fanout_seconds,
+            redis_lag_seconds,
             recoveries_recovered: recoveries.with_label_values(&["recovered"]),
             recoveries_not_recovered: recoveries.with_label_values(&["not_recovered"]),
             gapfill_publications_total: counter(
@@ -143,6 +155,7 @@ mod tests {
             "herald_redis_connected ",
             "herald_redis_reconnects_total ",
             "herald_fanout_seconds_count ",
+            "herald_redis_lag_seconds_count ",
             "herald_history_recoveries_total{result=\"recovered\"} ",
             "herald_history_recoveries_total{result=\"not_recovered\"} ",
             "herald_gapfill_publications_total ",

@@ -7,7 +7,7 @@
 //!   resubscribe the hub's union in batches (history channels hold live meanwhile)      │
 //!   gap-fill: history channels read what they missed; the others get `gap`            │
 //!   ready; then concurrently:                                                          │
-//!     read:    publication -> hub.publish (never waits)                                │
+//!     read:    intake (bounded) -> hub.publish (never waits)                           │
 //!     control: hub changed -> reconcile, anchor new history channels;                  │
 //!              sessions' history requests -> one read per channel;                     │
 //!              every interval PING must answer (then the backoff resets), library kept │
@@ -15,14 +15,18 @@
 //! ```
 //!
 //! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
-//! from outside the runtime that runs them; see `spawn` for why that matters.
+//! from outside the runtime that runs them; see `spawn` for why that matters. The socket is
+//! read on another (`io`), into an intake bounded in bytes (`intake`): a fan-out that falls
+//! behind leaves the backlog in Redis, where its output-buffer limit governs.
 //!
-//! redis-rs's PubSub stream simply ends when the connection dies; here that end, a failed
+//! The connection's end (redis-rs's disconnection push), a failed
 //! batch or an unanswered probe all mean "reconnect", never a clean exit (a channel an ACL
 //! refuses is refused to its subscribers instead: `reconcile`). The probe catches
 //! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
 
 mod history;
+mod intake;
+mod io;
 mod outage;
 mod reconcile;
 mod store;
@@ -30,8 +34,6 @@ mod store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::aio::PubSubStream;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -45,12 +47,11 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use history::History;
+use intake::{CloseOnDrop, Intake};
+use io::Io;
 use outage::{Lost, Outage, REFUSED_RETRY};
 use reconcile::{BatchError, Reconciler};
 use store::Store;
-
-/// Most publications taken from the connection in one go.
-const READ_BATCH: usize = 128;
 
 /// PEM contents for TLS to Redis beyond the URL: a private CA, a client certificate.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +73,8 @@ pub struct Settings {
     pub history_timeout: Duration,
     pub probe_interval: Duration,
     pub timeout: Duration,
+    /// Bytes of publications read from Redis that may wait for the fan-out.
+    pub intake_max_bytes: usize,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
 }
@@ -103,7 +106,9 @@ impl Drop for Unready {
 }
 
 pub struct Subscriber {
+    /// For commands (history); the subscriber connection uses `pubsub`, the same in RESP3.
     client: redis::Client,
+    pubsub: redis::Client,
     settings: Settings,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -117,8 +122,10 @@ impl Subscriber {
         metrics: Metrics,
         readiness: Arc<Readiness>,
     ) -> redis::RedisResult<Self> {
+        let client = client(&settings)?;
         Ok(Subscriber {
-            client: client(&settings)?,
+            pubsub: io::resp3(&client)?,
+            client,
             settings,
             hub,
             metrics,
@@ -144,6 +151,7 @@ impl Subscriber {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let io = Io::spawn()?;
         let (stopped, on_stop) = oneshot::channel();
         std::thread::Builder::new()
             .name("herald-redis".into())
@@ -152,20 +160,20 @@ impl Subscriber {
                 // must stop reporting ready; `stopped` resolves either way (sent, or
                 // dropped), for the app to notice.
                 let _unready = Unready(self.readiness.clone(), self.metrics.clone());
-                runtime.block_on(self.run(requests, shutdown));
+                runtime.block_on(self.run(&io, requests, shutdown));
                 let _ = stopped.send(());
             })?;
         Ok(on_stop)
     }
 
     /// Runs until `shutdown`; a lost connection always leads to a reconnect.
-    async fn run(self, mut requests: Requests, shutdown: CancellationToken) {
+    async fn run(self, io: &Io, mut requests: Requests, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
         let mut outage = Outage::default();
         loop {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                lost = self.serve(&mut backoff, &mut outage, &mut requests) => lost,
+                lost = self.serve(io, &mut backoff, &mut outage, &mut requests) => lost,
             };
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
@@ -209,13 +217,18 @@ impl Subscriber {
     /// One connection's life; returns only when it is lost.
     async fn serve(
         &self,
+        io: &Io,
         backoff: &mut Backoff,
         outage: &mut Outage,
         requests: &mut Requests,
     ) -> Lost {
         let timeout = self.settings.timeout;
-        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
+        let intake = Intake::new(self.settings.intake_max_bytes);
+        // However this connection ends, a push blocked at the bound must not stay blocked.
+        let _closing = CloseOnDrop(intake.clone());
+        let connect = io.connect(&self.pubsub, &intake, timeout);
+        let conn = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Lost::connect(BatchError::Redis(e)),
             Err(_) => return Lost::connect(BatchError::Timeout(timeout)),
         };
@@ -233,9 +246,9 @@ impl Subscriber {
             }
             Some(store)
         };
-        let (sink, stream) = pubsub.split();
         let mut reconciler = Reconciler::new(
-            sink,
+            conn,
+            &intake,
             &self.hub,
             &self.settings.prefix,
             &self.metrics,
@@ -269,34 +282,43 @@ impl Subscriber {
         }
 
         tokio::select! {
-            lost = self.read(stream) => lost,
+            lost = self.read(&intake) => lost,
             lost = self.control(&mut reconciler, &mut history, requests, backoff) => lost,
         }
     }
 
-    /// The publication path: Redis -> hub, never awaiting a client.
+    /// The publication path: intake -> hub, never awaiting a client.
     ///
-    /// Every publication already read is taken at once, and consecutive ones on the same
+    /// Every publication waiting is taken at once, and consecutive ones on the same
     /// channel go to the hub together: under load a burst then costs each subscriber one
     /// lock and one wake, not one per publication. Order is Redis's order throughout.
-    async fn read(&self, stream: PubSubStream) -> Lost {
-        let mut batches = stream.ready_chunks(READ_BATCH);
-        while let Some(batch) = batches.next().await {
-            let received = Instant::now();
+    async fn read(&self, intake: &Intake) -> Lost {
+        let mut batch = Vec::new();
+        while intake.take(&mut batch).await {
+            let taken = Instant::now();
             self.metrics.redis_messages_total.inc_by(batch.len() as u64);
-            for run in batch.chunk_by(|a, b| a.get_channel_name() == b.get_channel_name()) {
-                let Some(channel) = self.settings.prefix.from_redis(run[0].get_channel_name())
-                else {
+            for arrived in &batch {
+                let waited = taken.saturating_duration_since(arrived.at);
+                self.metrics.redis_lag_seconds.observe(waited.as_secs_f64());
+            }
+            for run in batch.chunk_by(|a, b| a.channel == b.channel) {
+                let redis_name = std::str::from_utf8(&run[0].channel).unwrap_or_default();
+                let Some(channel) = self.settings.prefix.from_redis(redis_name) else {
                     continue;
                 };
-                let payloads = run.iter().map(|msg| msg.get_payload_bytes());
+                let payloads = run.iter().map(|arrived| arrived.payload.as_slice());
                 let deliveries = self.hub.publish(channel, payloads);
                 self.metrics.deliveries_total.inc_by(deliveries);
-                let took = received.elapsed().as_secs_f64();
+                let took = taken.elapsed().as_secs_f64();
                 for _ in run {
                     self.metrics.fanout_seconds.observe(took);
                 }
             }
+            batch.clear();
+            // While the intake refills at once (a backlog in Redis), taking never waits:
+            // without a turn here the control branch beside this one (hub changes, the
+            // probe) would not run until the backlog is gone.
+            tokio::task::yield_now().await;
         }
         Lost::StreamEnded
     }
@@ -313,6 +335,10 @@ impl Subscriber {
         let interval = self.settings.probe_interval;
         let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The probe's PING in flight. Awaited beside the other branches, not inline: its
+        // reply queues behind whatever Redis holds for Herald, and hub changes must not
+        // wait for that (measured: a new channel waited out a 10s backlog).
+        let mut pinging = None;
         loop {
             tokio::select! {
                 _ = self.hub.changed() => {
@@ -337,8 +363,12 @@ impl Subscriber {
                         return Lost::batch(e);
                     }
                 }
-                _ = probe.tick() => {
-                    if let Err(e) = reconciler.probe(interval).await {
+                _ = probe.tick(), if pinging.is_none() => {
+                    pinging = Some(Box::pin(reconciler.probe(interval)));
+                }
+                answer = async { pinging.as_mut().expect("guarded").await }, if pinging.is_some() => {
+                    pinging = None;
+                    if let Err(e) = answer {
                         return Lost::Probe(e);
                     }
                     if let Err(e) = history.keep_library(&self.settings.history).await {

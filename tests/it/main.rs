@@ -10,6 +10,7 @@ mod delivery;
 mod deploy_config;
 mod flood;
 mod history;
+mod intake;
 mod metrics;
 mod payload;
 mod redis_loss;

@@ -17,6 +17,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("herald_redis_connected", "gauge"),
     ("herald_redis_reconnects_total", "counter"),
     ("herald_fanout_seconds", "histogram"),
+    ("herald_redis_lag_seconds", "histogram"),
 ];
 
 /// Channel names distinctive enough that finding one in a label cannot be a coincidence.
@@ -31,12 +32,10 @@ fn assert_families(m: &Scrape) {
             m.text
         );
     }
-    for sample in ["_bucket", "_sum", "_count"] {
-        assert!(
-            m.has(&format!("herald_fanout_seconds{sample}")),
-            "{}",
-            m.text
-        );
+    for histogram in ["herald_fanout_seconds", "herald_redis_lag_seconds"] {
+        for sample in ["_bucket", "_sum", "_count"] {
+            assert!(m.has(&format!("{histogram}{sample}")), "{}", m.text);
+        }
     }
     assert!(m.has("herald_dropped_total"), "{}", m.text);
 }

@@ -1,0 +1,169 @@
+//! When the fan-out falls behind Redis, what waits inside Herald stays bounded: beyond
+//! the intake's bound, publications wait in the kernel and in Redis, where Redis's own
+//! `client-output-buffer-limit` sees them; `herald_redis_lag_seconds` says how long they
+//! waited in Herald. Nothing is lost meanwhile.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::delivery::wait_channels;
+use crate::support::{secs, Client, Gateway, Redis};
+
+/// 20,000 publications of ~8 KB of JSON numbers, ~160 MB: Redis makes them far faster than
+/// the gateway checks and frames them (reading them off the socket is a copy; checking
+/// the JSON is not), so without a bound they pile up in the gateway.
+const PUBLICATIONS: u64 = 20_000;
+const NUMBERS: usize = 4_000;
+const INTAKE_BYTES: &str = "1000000";
+/// What the gateway may reach. Measured (debug build): 18-20 MB with the bound, 115 MB
+/// and more without.
+const RSS_LIMIT: u64 = 60 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_behind_redis_keeps_a_bounded_intake_and_loses_nothing() {
+    // Redis never cuts Herald for its output buffer here: the backlog may wait there.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]).await;
+    let args = [
+        "--redis-intake-max-bytes",
+        INTAKE_BYTES,
+        // Short deadlines: the probe's PING and any reply wait behind the backlog for
+        // seconds; publications still arriving must keep the connection alive (a reconnect
+        // would drop what Redis holds, and the clients would get `gap`).
+        "--redis-probe-interval",
+        "300ms",
+        "--redis-timeout",
+        "1s",
+        // Clients keep up; the tape is not what is under test.
+        "--queue-capacity",
+        "100000",
+    ];
+    let gw = Gateway::start(&redis.url(), &args).await;
+    gw.wait_ready(secs(10)).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let client = Client::connect(&gw.ws_url("channels=firehose")).await;
+        readers.push(tokio::spawn(read_all(client)));
+    }
+    wait_channels(&redis, &["firehose"], secs(5)).await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let max_rss = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn(sample_rss(gw.pid(), done.clone(), max_rss.clone()));
+    publish_burst(&redis).await;
+    // A client subscribing elsewhere meanwhile is subscribed on Redis, and the connection
+    // survives the wait: its SUBSCRIBE's reply, like the probe's, queues behind the
+    // backlog (redis-rs writes a command only once it has read all there is to read,
+    // so the command itself waits too: measured ~11s here, the whole backlog).
+    let _late = Client::connect(&gw.ws_url("channels=elsewhere")).await;
+    wait_channels(&redis, &["elsewhere", "firehose"], secs(60)).await;
+    for reader in readers {
+        assert_eq!(
+            reader.await.expect("reader"),
+            PUBLICATIONS,
+            "every publication once"
+        );
+    }
+    done.store(true, Ordering::SeqCst);
+    sampler.await.expect("sampler");
+    let max_rss = max_rss.load(Ordering::SeqCst);
+
+    let m = gw.metrics().await;
+    let waited = m.value("herald_redis_lag_seconds_count", &[]);
+    let total_wait = m.value("herald_redis_lag_seconds_sum", &[]);
+    eprintln!(
+        "intake: max RSS {} MB, {waited} publications waited {total_wait:.2}s in all",
+        max_rss / (1024 * 1024)
+    );
+    assert_eq!(
+        waited as u64, PUBLICATIONS,
+        "every publication's wait observed"
+    );
+    assert!(total_wait > 0.0, "the waits are measured");
+    assert!(
+        max_rss < RSS_LIMIT,
+        "gateway RSS reached {} MB",
+        max_rss / (1024 * 1024)
+    );
+}
+
+/// Publishes `{"seq":n,"v":[0,1,...]}` for every n, 5,000 per script run: Redis makes
+/// them far faster than a test could send them.
+async fn publish_burst(redis: &Redis) {
+    const SCRIPT: &str = r#"
+        local v = {}
+        for i = 1, tonumber(ARGV[3]) do v[i] = i % 10 end
+        local numbers = table.concat(v, ",")
+        for seq = tonumber(ARGV[1]), tonumber(ARGV[2]) do
+            redis.call("PUBLISH", KEYS[1], '{"seq":' .. seq .. ',"v":[' .. numbers .. ']}')
+        end
+        return 0"#;
+    // Redis holding the backlog takes longer than the support connection's patience.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(secs(60)));
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("publisher connection");
+    for first in (0..PUBLICATIONS).step_by(5_000) {
+        let last = (first + 5_000).min(PUBLICATIONS) - 1;
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(SCRIPT)
+            .arg(1)
+            .arg("firehose")
+            .arg(first)
+            .arg(last)
+            .arg(NUMBERS);
+        let () = eval.query_async(&mut conn).await.expect("EVAL");
+    }
+}
+
+/// Reads publications until PUBLICATIONS arrived, each in order once; returns the count.
+/// Only the sequence number is read from each frame: a test client checking every
+/// number would be slower than the gateway under test.
+async fn read_all(mut client: Client) -> u64 {
+    const PREFIX: &str = r#"{"op":"message","channel":"firehose","data":{"seq":"#;
+    let mut next = 0;
+    while next < PUBLICATIONS {
+        let message = tokio::time::timeout(secs(60), client.ws.next()).await;
+        let text = match message {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("after {next} publications: {other:?}"),
+        };
+        let seq = text
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|seq| seq.parse::<u64>().ok());
+        assert_eq!(
+            seq,
+            Some(next),
+            "out of order or missing: {:.120}",
+            text.as_str()
+        );
+        next += 1;
+    }
+    next
+}
+
+/// Samples the gateway's RSS every 20 ms until `done` (bounded: at most 10 minutes).
+async fn sample_rss(pid: u32, done: Arc<AtomicBool>, max: Arc<AtomicU64>) {
+    for _ in 0..30_000 {
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(rss) = rss_bytes(pid) {
+            max.fetch_max(rss, Ordering::SeqCst);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
