@@ -1396,7 +1396,7 @@ pub struct Received {
 }
 
 impl Received {
-    fn from_frame(frame: &Value, channel: &str) -> Result<Received, String> {
+    pub(crate) fn from_frame(frame: &Value, channel: &str) -> Result<Received, String> {
         if frame["op"] != "message" || frame["channel"] != channel {
             return Err(format!("expected a message on {channel:?}, got {frame}"));
         }

@@ -18,4 +18,5 @@ mod redis_tls;
 mod scale_out;
 mod shutdown;
 mod slow_consumer;
+mod soak;
 mod startup;
