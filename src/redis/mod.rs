@@ -232,6 +232,27 @@ impl Subscriber {
             Ok(Err(e)) => return Lost::connect(BatchError::Redis(e)),
             Err(_) => return Lost::connect(BatchError::Timeout(timeout)),
         };
+        // Publications are fanned out from the first: held back until the resubscribe
+        // and fill ended, they filled the intake, the connection was no longer read, a
+        // SUBSCRIBE reply behind them never came, and the connection was lost again, in a
+        // loop (tests/it/intake.rs). A tape being filled holds what arrives meanwhile.
+        tokio::select! {
+            lost = self.read(&intake) => lost,
+            lost = self.establish(conn, &intake, backoff, outage, requests) => lost,
+        }
+    }
+
+    /// Resubscribes, fills and, once ready, follows the hub (`control`); returns only when
+    /// the connection is lost.
+    async fn establish(
+        &self,
+        conn: redis::aio::MultiplexedConnection,
+        intake: &Intake,
+        backoff: &mut Backoff,
+        outage: &mut Outage,
+        requests: &mut Requests,
+    ) -> Lost {
+        let timeout = self.settings.timeout;
         let store = if self.settings.history.is_empty() {
             None
         } else {
@@ -248,7 +269,7 @@ impl Subscriber {
         };
         let mut reconciler = Reconciler::new(
             conn,
-            &intake,
+            intake,
             &self.hub,
             &self.settings.prefix,
             &self.metrics,
@@ -280,11 +301,8 @@ impl Subscriber {
             ),
             None => info!(channels = resubscribed, "redis subscriber connected"),
         }
-
-        tokio::select! {
-            lost = self.read(&intake) => lost,
-            lost = self.control(&mut reconciler, &mut history, requests, backoff) => lost,
-        }
+        self.control(&mut reconciler, &mut history, requests, backoff)
+            .await
     }
 
     /// The publication path: intake -> hub, never awaiting a client.

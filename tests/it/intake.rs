@@ -168,3 +168,75 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Publications arriving while Herald resubscribes after a reconnect do not stall it:
+/// held back until the resubscribe ended, they filled the intake, the connection was no
+/// longer read, the next SUBSCRIBE's reply never came, and the connection was lost again,
+/// in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_channels_do_not_stall_the_resubscribe() {
+    /// Four SUBSCRIBE batches of 512; the busy ones are spread among them.
+    const CHANNELS: usize = 2_000;
+    const BUSY: usize = 40;
+    let redis = Redis::start().await;
+    let args = [
+        crate::redis_loss::FAST_REDIS,
+        &["--redis-intake-max-bytes", "20000"],
+    ]
+    .concat();
+    let gw = Gateway::start(&redis.url(), &args).await;
+    gw.wait_ready(secs(10)).await;
+    let names: Vec<String> = (0..CHANNELS).map(|i| format!("c{i}")).collect();
+    let mut drains = Vec::new();
+    for held in names.chunks(250) {
+        let mut client = Client::connect(&gw.ws_url("")).await;
+        for (id, request) in held.chunks(100).enumerate() {
+            let request: Vec<&str> = request.iter().map(String::as_str).collect();
+            client.subscribe(id as u64, &request).await;
+        }
+        // Read and drop: the clients are not under test.
+        drains.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = client.ws.next().await {}
+        }));
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_channels(&redis, &all, secs(10)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(publish_busy(redis.url(), BUSY, stop.clone()));
+    let before = crate::redis_loss::reconnects(&gw).await;
+    assert!(redis.client_kill_pubsub().await >= 1, "herald's connection");
+    crate::redis_loss::wait_reconnect(&gw, before).await;
+    wait_channels(&redis, &all, secs(10)).await;
+    stop.store(true, Ordering::SeqCst);
+    let published = publisher.await.expect("publisher");
+    assert!(published > 0);
+    for drain in drains {
+        drain.abort();
+    }
+}
+
+/// Publishes ~2 KB to each of the first `busy` channels, round after round, until `stop`
+/// (at most 60 s); returns the rounds.
+async fn publish_busy(url: String, busy: usize, stop: Arc<AtomicBool>) -> u64 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("publisher connection");
+    let payload = format!("\"{}\"", "x".repeat(2000));
+    let began = std::time::Instant::now();
+    let mut rounds = 0;
+    while !stop.load(Ordering::SeqCst) && began.elapsed() < secs(60) {
+        let mut pipe = redis::pipe();
+        for i in 0..busy {
+            pipe.cmd("PUBLISH")
+                .arg(format!("c{}", i * 50))
+                .arg(&payload)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.expect("PUBLISH round");
+        rounds += 1;
+    }
+    rounds
+}
