@@ -155,18 +155,11 @@ async fn sample_rss(pid: u32, done: Arc<AtomicBool>, max: Arc<AtomicU64>) {
         if done.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(rss) = rss_bytes(pid) {
+        if let Some(rss) = crate::support::gateway::rss_bytes(pid) {
             max.fetch_max(rss, Ordering::SeqCst);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Publications arriving while Herald resubscribes after a reconnect do not stall it:

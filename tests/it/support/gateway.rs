@@ -171,19 +171,16 @@ impl Gateway {
 
     /// Resident memory of the gateway process, in bytes (VmRSS from /proc).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<pid>/status");
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .expect("VmRSS line");
-        let kib: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS value in kB");
-        kib * 1024
+        rss_bytes(self.pid()).expect("VmRSS of the gateway in /proc/<pid>/status")
     }
+}
+
+/// Resident memory of process `pid`, in bytes (VmRSS from /proc); `None` once it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for Gateway {
