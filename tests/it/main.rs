@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod api;
 mod bad_input;
 mod delivery;
 mod deploy_config;

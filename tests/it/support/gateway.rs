@@ -149,6 +149,17 @@ impl Gateway {
         );
     }
 
+    /// SIGKILL: no drain, no goodbye to Redis or clients, like a crashed host; waits for
+    /// the exit. The handle stays usable for `logs`.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL herald");
+        let status = self.child.wait().expect("wait for herald");
+        assert!(
+            status.code().is_none(),
+            "herald exited on its own ({status}) before the SIGKILL"
+        );
+    }
+
     /// Waits for the process to exit. std offers no async wait on a child, so this polls.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
