@@ -10,7 +10,7 @@
 //! last write (HSET and HDEL of those fields) plus a PEXPIRE and an SADD: two round
 //! trips, and nothing per channel while counts stand still. A full rewrite (C fields, in
 //! HSETs of 1,000) happens only at start and when the hash was lost (Redis restarted or
-//! evicted it): for C = 100,000 about 2.5 MB once. A cluster-wide read is one HGETALL
+//! evicted it). A cluster-wide read is one HGETALL
 //! (or HGET) per live instance, pipelined.
 
 use std::collections::HashMap;
