@@ -184,12 +184,13 @@ impl Api {
 
 /// Whether the request carries `Authorization: Bearer <key>`, compared in constant time.
 fn authorized(request: &Request<Incoming>, key: &str) -> bool {
-    let Some(given) = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-    else {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return false;
+    };
+    // The scheme is case-insensitive (RFC 9110, 11.1).
+    let given = match value.as_bytes().split_at_checked(7) {
+        Some((scheme, given)) if scheme.eq_ignore_ascii_case(b"bearer ") => given,
+        _ => return false,
     };
     given.ct_eq(key.as_bytes()).into()
 }
