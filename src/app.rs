@@ -8,6 +8,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use prometheus::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::api::Api;
 use crate::auth::{Auth, KeyError, KeySource, Patterns, Settings as AuthSettings};
 use crate::channel::Prefix;
 use crate::config::Config;
+use crate::disconnect::Disconnects;
 use crate::fd_limit;
 use crate::gate::Gate;
 use crate::http::{self, Front};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::readiness::Readiness;
 use crate::redis::{Settings as RedisSettings, Subscriber, TlsFiles};
 use crate::session::{self, Shared};
@@ -87,22 +91,52 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let stop_redis = CancellationToken::new();
     let sessions = TaskTracker::new();
 
+    let redis_settings = RedisSettings {
+        url: config.redis_url.clone(),
+        tls: redis_tls(&config)?,
+        prefix: Prefix::new(config.channel_prefix.clone()),
+        history: config.history.clone(),
+        history_timeout: config.history_timeout,
+        probe_interval: config.redis_probe_interval,
+        timeout: config.redis_timeout,
+        intake_max_bytes: config.redis_intake_max_bytes as usize,
+        backoff_base: config.redis_backoff_base,
+        backoff_max: config.redis_backoff_max,
+    };
+    let disconnects = Arc::new(Disconnects::default());
+    // Commands for the server API and the channel counts: connected when first used and
+    // again after a failure, apart from the subscriber connection.
+    let commands = ConnectionManager::new_lazy_with_config(
+        crate::redis::client(&redis_settings).map_err(AppError::Redis)?,
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_number_of_retries(1),
+    )
+    .map_err(AppError::Redis)?;
+    let presence = Arc::new(Presence::new(
+        hub.clone(),
+        readiness.clone(),
+        commands.clone(),
+        &redis_settings.prefix,
+        config.presence_interval,
+    ));
+    let api = Api {
+        key: config.api_key.clone(),
+        max_body: config.api_max_body as usize,
+        redis: commands,
+        prefix: redis_settings.prefix.clone(),
+        history: config.history.clone(),
+        hub: hub.clone(),
+        presence: presence.clone(),
+        metrics: metrics.clone(),
+    };
     let subscriber = Subscriber::new(
-        RedisSettings {
-            url: config.redis_url.clone(),
-            tls: redis_tls(&config)?,
-            prefix: Prefix::new(config.channel_prefix.clone()),
-            history: config.history.clone(),
-            history_timeout: config.history_timeout,
-            probe_interval: config.redis_probe_interval,
-            timeout: config.redis_timeout,
-            intake_max_bytes: config.redis_intake_max_bytes as usize,
-            backoff_base: config.redis_backoff_base,
-            backoff_max: config.redis_backoff_max,
-        },
+        redis_settings,
         hub.clone(),
         metrics.clone(),
         readiness.clone(),
+        disconnects.clone(),
     )
     .map_err(AppError::Redis)?;
 
@@ -131,7 +165,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             settings,
             drain.clone(),
             history_requests,
+            disconnects,
         )),
+        api,
         readiness: readiness.clone(),
         gate: Gate::new(
             fd_limit::connection_budget(config.max_connections) as usize,
@@ -160,6 +196,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .spawn(history_queue, stop_redis.clone())
         .map_err(AppError::Thread)?;
     let http_task = tokio::spawn(http::serve(listener, front, stop_accepting.clone()));
+    let stop_presence = CancellationToken::new();
+    let presence_task = {
+        let stop = stop_presence.clone();
+        tokio::spawn(async move { presence.run(stop).await })
+    };
     info!(%addr, "listening");
 
     // Without its subscriber the instance would live on as a zombie: connected clients
@@ -183,6 +224,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         );
     }
     stop_accepting.cancel();
+    // This instance's counts leave Redis before it does.
+    stop_presence.cancel();
+    let _ = presence_task.await;
     stop_redis.cancel();
     let _ = http_task.await;
     if outcome.is_ok() {

@@ -70,6 +70,13 @@ impl Prefix {
         out
     }
 
+    /// The Redis channel instances tell each other on (the server API's disconnect). Its
+    /// `#` is outside the channel alphabet, so no client channel maps to it and no client
+    /// can subscribe to it.
+    pub fn control(&self) -> String {
+        self.to_redis("herald#control")
+    }
+
     /// The client channel for a Redis channel, or `None` when it is not ours.
     pub fn from_redis<'a>(&self, redis_name: &'a str) -> Option<&'a str> {
         redis_name.strip_prefix(self.0.as_str())

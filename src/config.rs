@@ -193,6 +193,21 @@ pub struct Config {
     #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Enables the server API (`/api/...`): requests must carry `Authorization: Bearer
+    /// <key>`. Unset: every `/api/` path answers 404.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest server API request body, in bytes; larger gets 413.
+    #[arg(long, env = "HERALD_API_MAX_BODY", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_max_body: u64,
+
+    /// How often this instance writes its channel counts to Redis for the API's
+    /// `scope=cluster`; an instance silent for 3 intervals stops counting.
+    #[arg(long, env = "HERALD_PRESENCE_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub presence_interval: Duration,
+
     /// Expect a PROXY protocol header (v1 or v2) on connections from HERALD_TRUSTED_PROXIES
     /// and take the client's IP from it; a trusted peer that sends none is dropped.
     #[arg(long, env = "HERALD_PROXY_PROTOCOL")]
@@ -251,6 +266,7 @@ impl Config {
             ("HERALD_REDIS_TIMEOUT", self.redis_timeout),
             ("HERALD_REDIS_BACKOFF_BASE", self.redis_backoff_base),
             ("HERALD_HISTORY_TIMEOUT", self.history_timeout),
+            ("HERALD_PRESENCE_INTERVAL", self.presence_interval),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -290,6 +306,13 @@ impl Config {
                 )));
             }
         }
+        if self
+            .api_key
+            .as_deref()
+            .is_some_and(|key| key.trim().is_empty())
+        {
+            return Err(Invalid("HERALD_API_KEY must not be empty".into()));
+        }
         if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
             return Err(Invalid(
                 "set both HERALD_REDIS_CLIENT_CERT and HERALD_REDIS_CLIENT_KEY, or neither".into(),
@@ -309,6 +332,9 @@ impl Config {
     pub fn masked(&self) -> Config {
         let mut shown = self.clone();
         shown.redis_url = self.redis_url_masked();
+        if shown.api_key.is_some() {
+            shown.api_key = Some("***".into());
+        }
         if shown.jwt_secret.is_some() {
             shown.jwt_secret = Some("***".into());
         }
@@ -457,8 +483,11 @@ mod tests {
             "rediss://:hunter2@example:6380/0",
             "--jwt-secret",
             secret,
+            "--api-key",
+            "api-key-not-to-be-shown",
         ]);
         let shown = format!("{:?}", config.masked());
+        assert!(!shown.contains("api-key-not-to-be-shown"), "{shown}");
         assert!(
             !shown.contains("hunter2") && !shown.contains(secret),
             "{shown}"

@@ -1,5 +1,5 @@
-//! The one listener: `/ws`, `/healthz`, `/readyz`, `/metrics`, and every refusal, which
-//! happens here as plain HTTP before any upgrade.
+//! The one listener: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/api/` (the server API,
+//! `api`), and every refusal, which happens here as plain HTTP before any upgrade.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +32,8 @@ use crate::session;
 
 /// Everything the front needs to answer and to start sessions.
 pub struct Front {
+    /// The server API under `/api/`.
+    pub api: crate::api::Api,
     pub shared: Arc<session::Shared>,
     pub readiness: Arc<Readiness>,
     pub gate: Arc<Gate>,
@@ -128,9 +130,16 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, stop: CancellationT
                 return;
             };
             let handshake_timeout = front.handshake_timeout;
-            let service = service_fn(move |request| {
-                let response = route(request, peer, &front);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |request: Request<Incoming>| {
+                let front = front.clone();
+                async move {
+                    let response = if request.uri().path().starts_with("/api/") {
+                        front.api.handle(request).await
+                    } else {
+                        route(request, peer, &front)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             // The header read timeout drops a client that connects and sends nothing, or
             // dribbles its headers (slowloris), before it costs more than a socket.

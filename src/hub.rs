@@ -139,6 +139,15 @@ impl Hub {
         self.channels.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Every channel local clients hold, with how many hold it, at this moment.
+    pub fn counts(&self) -> Vec<(Name, usize)> {
+        let tapes = self.live_tapes();
+        tapes
+            .iter()
+            .map(|tape| (tape.name().clone(), tape.subscribers()))
+            .collect()
+    }
+
     /// Whether some local client holds `channel` right now.
     pub fn is_live(&self, channel: &str) -> bool {
         self.channels.contains_key(channel)

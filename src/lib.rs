@@ -12,7 +12,7 @@
 //!
 //! - `config`     every flag with its `HERALD_*` variable, default and unit
 //! - `app`        wiring and the shutdown sequence
-//! - `http`       the listener: /ws /healthz /readyz /metrics, refusals before the upgrade
+//! - `http`       the listener: /ws /healthz /readyz /metrics /api/, refusals before the upgrade
 //! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
 //! - `tape`       a channel's last frames, read by each subscriber from its own cursor
 //!   (on a history channel, where fills and resumes join the live stream)
@@ -23,6 +23,9 @@
 //! - `redis`      the subscriber connection (own thread, read on another into a bounded
 //!   intake): reconnect, resubscribe, reconcile, probe; the command connection beside it
 //!   for history reads
+//! - `api`        the server API: publish over HTTP, channel counts, disconnect a user
+//! - `presence`   each instance's channel counts in Redis, for the API's cluster scope
+//! - `disconnect` each token subject's sessions, for the API's disconnect
 //! - `gate`       the connection limits, per instance and per client IP
 //! - `fd_limit`   the connection limit the open-files limit really allows
 //! - `auth`       JWT verification and channel grants
@@ -36,12 +39,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod channel;
 pub mod client_ip;
 pub mod config;
+pub mod disconnect;
 pub mod fd_limit;
 pub mod gate;
 pub mod history;
@@ -50,6 +55,7 @@ pub mod hub;
 pub mod inbox;
 pub mod metrics;
 pub mod payload;
+pub mod presence;
 #[cfg(test)]
 mod props;
 pub mod protocol;

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub gapfill_publications_total: IntCounter,
     /// `gap` frames sent (one per subscriber told).
     pub gaps_total: IntCounter,
+    /// Server API requests by endpoint (`publish`, `channels`, `channel`, `disconnect`,
+    /// `other`) and HTTP status: both label sets are fixed.
+    pub api_requests: IntCounterVec,
     registry: Registry,
 }
 
@@ -86,6 +89,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(recoveries.clone()))?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "herald_api_requests_total",
+                "Server API requests, by endpoint and HTTP status.",
+            ),
+            &["endpoint", "code"],
+        )?;
+        registry.register(Box::new(api_requests.clone()))?;
 
         Ok(Metrics {
             connections: gauge("herald_connections", "Open WebSocket connections.")?,
@@ -122,6 +133,7 @@ impl Metrics {
                 "Publications re-read from history after the Redis subscriber connection was lost.",
             )?,
             gaps_total: counter("herald_gaps_total", "gap frames sent to clients.")?,
+            api_requests,
             registry,
         })
     }

@@ -27,6 +27,8 @@ pub mod close {
     /// The token's `exp` passed without a `refresh`. In the 4000-4999 range the RFC leaves
     /// to applications, so no WebSocket library reads it as a transport failure.
     pub const TOKEN_EXPIRED: (u16, &str) = (4001, "token expired");
+    /// The server API disconnected the token's user (`POST /api/disconnect`).
+    pub const DISCONNECTED: (u16, &str) = (4003, "disconnected");
 }
 
 /// A request's `id`, echoed verbatim in its reply: a JSON number or string.

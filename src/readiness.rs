@@ -19,6 +19,11 @@ impl Readiness {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether the subscriber connection is up (draining or not).
+    pub fn is_redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Acquire)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }

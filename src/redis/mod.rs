@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::channel::Prefix;
+use crate::disconnect::Disconnects;
 use crate::history::request::Receiver as Requests;
 use crate::history::Rules;
 use crate::hub::Hub;
@@ -80,7 +81,7 @@ pub struct Settings {
 }
 
 /// A client for the URL, with the CA and client certificate when configured.
-fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
+pub fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
     let TlsFiles { ca, client } = &settings.tls;
     if ca.is_none() && client.is_none() {
         return redis::Client::open(settings.url.as_str());
@@ -113,6 +114,9 @@ pub struct Subscriber {
     hub: Arc<Hub>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
+    disconnects: Arc<Disconnects>,
+    /// `Prefix::control`, computed once.
+    control: String,
 }
 
 impl Subscriber {
@@ -121,12 +125,15 @@ impl Subscriber {
         hub: Arc<Hub>,
         metrics: Metrics,
         readiness: Arc<Readiness>,
+        disconnects: Arc<Disconnects>,
     ) -> redis::RedisResult<Self> {
         let client = client(&settings)?;
         Ok(Subscriber {
             pubsub: io::resp3(&client)?,
             client,
+            control: settings.prefix.control(),
             settings,
+            disconnects,
             hub,
             metrics,
             readiness,
@@ -275,6 +282,9 @@ impl Subscriber {
             &self.metrics,
             timeout,
         );
+        if let Err(e) = reconciler.subscribe_control().await {
+            return Lost::batch(e);
+        }
         let tapes = match reconciler.resubscribe_all().await {
             Ok(tapes) => tapes,
             Err(e) => return Lost::batch(e),
@@ -321,6 +331,11 @@ impl Subscriber {
             }
             for run in batch.chunk_by(|a, b| a.channel == b.channel) {
                 let redis_name = std::str::from_utf8(&run[0].channel).unwrap_or_default();
+                if redis_name == self.control {
+                    run.iter()
+                        .for_each(|arrived| self.on_control(&arrived.payload));
+                    continue;
+                }
                 let Some(channel) = self.settings.prefix.from_redis(redis_name) else {
                     continue;
                 };
@@ -339,6 +354,25 @@ impl Subscriber {
             tokio::task::yield_now().await;
         }
         Lost::StreamEnded
+    }
+
+    /// A message between instances: `{"disconnect":"<subject>"}` closes that user's
+    /// sessions here. Anything else is ignored (a newer instance's message).
+    fn on_control(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Control {
+            disconnect: Option<String>,
+        }
+        match serde_json::from_slice::<Control>(payload) {
+            Ok(Control {
+                disconnect: Some(subject),
+            }) => {
+                let closed = self.disconnects.disconnect(&subject);
+                debug!(closed, "disconnect requested through the server API");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "ignored a malformed control message"),
+        }
     }
 
     /// Follows the hub's changes, answers the sessions' history requests and probes

@@ -77,6 +77,21 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// Subscribes the control channel (`Prefix::control`). A refusal (an ACL without it)
+    /// is logged, not fatal: only the server API's disconnect needs it.
+    pub async fn subscribe_control(&mut self) -> Result<(), BatchError> {
+        let control = self.prefix.control();
+        let (conn, intake, timeout) = (&mut self.conn, self.intake, self.timeout);
+        match patient(intake, timeout, conn.subscribe(&control)).await {
+            Err(BatchError::Redis(e)) if refused(&e) => {
+                warn!(channel = %control, error = %e, "redis refused the control channel; \
+                      the server API's disconnect will not reach this instance");
+                Ok(())
+            }
+            done => done,
+        }
+    }
+
     /// On a fresh connection: subscribes the union clients hold now; returns their tapes.
     /// History channels hold their live publications from here until they are filled.
     pub async fn resubscribe_all(&mut self) -> Result<Vec<Arc<Tape>>, BatchError> {

@@ -26,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Grant};
+use crate::disconnect::{Disconnects, Registration};
 use crate::history::request::Sender as HistoryRequests;
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
@@ -62,6 +63,8 @@ pub struct Shared {
     pub drain: CancellationToken,
     /// Requests to the Redis thread for history channels.
     pub history: HistoryRequests,
+    /// Sessions by token subject, for the server API's disconnect.
+    pub disconnects: Arc<Disconnects>,
     /// Tells sessions of different instances apart in `welcome`.
     instance: u32,
     next_id: AtomicU64,
@@ -75,9 +78,11 @@ impl Shared {
         settings: Settings,
         drain: CancellationToken,
         history: HistoryRequests,
+        disconnects: Arc<Disconnects>,
     ) -> Self {
         Shared {
             history,
+            disconnects,
             hub,
             auth,
             metrics,
@@ -99,6 +104,7 @@ enum End {
     TooBig,
     RateLimited,
     TokenExpired,
+    Disconnected,
     BadUtf8,
     ProtocolError,
 }
@@ -115,6 +121,10 @@ pub async fn run<S>(
     let settings = &shared.settings;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let inbox = Arc::new(Inbox::new());
+    let registration = grant
+        .subject
+        .as_deref()
+        .map(|subject| shared.disconnects.register(subject, id));
     let subs = Subscriptions::new(id, inbox.clone(), shared.hub.clone(), settings.limits);
     let mut requests = Requests::new(
         subs,
@@ -149,7 +159,18 @@ pub async fn run<S>(
     )
     .await
     {
-        Ok(()) => serve(&mut ws, &inbox, &mut batch, &mut requests, &shared).await,
+        Ok(()) => {
+            let registration = registration.as_ref();
+            serve(
+                &mut ws,
+                &inbox,
+                &mut batch,
+                &mut requests,
+                registration,
+                &shared,
+            )
+            .await
+        }
         Err(WriteError::Stuck) => End::SlowConsumer,
         Err(WriteError::Broken) => End::Gone,
     };
@@ -171,6 +192,7 @@ pub async fn run<S>(
         End::TooBig => close::TOO_BIG,
         End::RateLimited => close::RATE_LIMITED,
         End::TokenExpired => close::TOKEN_EXPIRED,
+        End::Disconnected => close::DISCONNECTED,
         End::BadUtf8 => close::BAD_UTF8,
         End::ProtocolError => close::PROTOCOL_ERROR,
         End::SlowConsumer => close::SLOW_CONSUMER,
@@ -200,6 +222,7 @@ async fn serve<S>(
     inbox: &Inbox,
     batch: &mut Batch,
     requests: &mut Requests,
+    registration: Option<&Registration>,
     shared: &Shared,
 ) -> End
 where
@@ -216,6 +239,13 @@ where
     // fresh one per turn would cost two locks of one process-wide mutex per delivery batch.
     let drain = shared.drain.cancelled();
     tokio::pin!(drain);
+    let disconnected = async {
+        match registration {
+            Some(registration) => registration.disconnected().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(disconnected);
     // The tapes the inbox marked, taken each turn; the buffer is reused.
     let mut tapes = Vec::new();
     // A subscribe whose `ok` waits for Redis. Meanwhile neither client frames (replies
@@ -234,6 +264,7 @@ where
                 continue;
             }
             _ = sleep_until(close_at), if close_at.is_some() => return End::GoingAway,
+            _ = &mut disconnected => return End::Disconnected,
             _ = sleep_until(expires_at), if expires_at.is_some() => return End::TokenExpired,
             (pending, answers) = wait(&mut waiting), if waiting.is_some() => {
                 waiting = None;

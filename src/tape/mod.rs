@@ -183,6 +183,11 @@ impl Tape {
         &self.name
     }
 
+    /// Local subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers
+    }
+
     pub fn is_history(&self) -> bool {
         self.lock().sequence.is_some()
     }

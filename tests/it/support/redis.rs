@@ -91,11 +91,19 @@ impl Redis {
         self.query(&cmd).await
     }
 
-    /// PUBSUB CHANNELS, sorted.
+    /// PUBSUB CHANNELS, sorted, without Herald's own control channel (`<prefix>herald#control`,
+    /// always subscribed: `channel::Prefix::control`): the channels clients made Herald hold.
     pub async fn pubsub_channels(&self) -> Vec<String> {
         let mut channels: Vec<String> = self.query(redis::cmd("PUBSUB").arg("CHANNELS")).await;
+        channels.retain(|c| !c.ends_with("herald#control"));
         channels.sort();
         channels
+    }
+
+    /// Whether Herald's control channel (with `prefix`) is subscribed by some instance.
+    pub async fn control_subscribed(&self, prefix: &str) -> bool {
+        let channels: Vec<String> = self.query(redis::cmd("PUBSUB").arg("CHANNELS")).await;
+        channels.contains(&format!("{prefix}herald#control"))
     }
 
     /// CLIENT KILL TYPE pubsub; returns how many connections Redis closed.
