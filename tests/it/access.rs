@@ -179,8 +179,8 @@ async fn rs256_es256_and_jwks_keys() {
     Client::connect(&by_ec.ws_url(&format!("token={signed}"))).await;
 
     // A JWKS file with both keys, chosen by kid.
-    let jwks_dir = tempfile_dir();
-    let jwks_path = jwks_dir.join("jwks.json");
+    let jwks_dir = crate::support::TempDir::new("jwks");
+    let jwks_path = jwks_dir.path().join("jwks.json");
     std::fs::write(
         &jwks_path,
         jwks(&[
@@ -226,21 +226,6 @@ fn jwks(keys: &[(&str, &str, Algorithm)]) -> String {
         })
         .collect();
     json!({ "keys": keys }).to_string()
-}
-
-/// A fresh directory under the target dir, for files a gateway reads.
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("herald-it-{}-{}", std::process::id(), now_nanos()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

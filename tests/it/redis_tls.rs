@@ -65,8 +65,8 @@ fn issue(dir: &Path, name: &str, ext: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_to_a_private_ca_redis() {
-    let dir = std::env::temp_dir().join(format!("herald-it-tls-{}", free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let temp = crate::support::TempDir::new("tls");
+    let dir = temp.path().to_path_buf();
     openssl(
         &dir,
         &[
@@ -135,5 +135,4 @@ async fn mutual_tls_to_a_private_ca_redis() {
         clients.contains(&format!("laddr=127.0.0.1:{tls_port}")),
         "{clients}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

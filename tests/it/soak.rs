@@ -6,7 +6,6 @@
 //! the clients saw.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
@@ -16,7 +15,7 @@ use crate::delivery::wait_channels;
 use crate::history::{check_exactly_once, Pace, PublishLog, Publisher, Received};
 use crate::redis_loss::{reconnects, wait_reconnect};
 use crate::support::client::Frame;
-use crate::support::{secs, Client, Gateway, Redis};
+use crate::support::{secs, Client, Gateway, Redis, TempDir};
 
 const CHANNELS: usize = 500;
 const CLIENTS: usize = 2_000;
@@ -46,14 +45,14 @@ async fn redis_killed_every_3s_under_load_loses_nothing() {
     // tmpfs: a SIGKILL leaves the page cache intact, so that loses nothing either. With it
     // on the shared disk beside another build, Redis stalled: Herald's 300 ms probe went
     // unanswered and the test's commands outlasted redis-rs's 500 ms timeout.
-    let aof = TmpfsDir::create();
+    let aof = TempDir::under(std::path::Path::new("/dev/shm"), "soak");
     let mut redis = Redis::start_with(&[
         "--appendonly",
         "yes",
         "--appendfsync",
         "always",
         "--dir",
-        aof.path(),
+        aof.path().to_str().expect("a UTF-8 path"),
     ])
     .await;
     // The queue bound is not under test (`lagged` is counted if it comes); the test's
@@ -229,31 +228,6 @@ async fn redis_killed_every_3s_under_load_loses_nothing() {
         RSS_BOUND >> 20,
         rss_connected >> 20
     );
-}
-
-/// A fresh directory on /dev/shm, removed on drop (after the Redis declared after it).
-struct TmpfsDir(PathBuf);
-
-impl TmpfsDir {
-    fn create() -> TmpfsDir {
-        let nanos = std::time::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default()
-            .as_nanos();
-        let dir = PathBuf::from(format!("/dev/shm/herald-it-soak-{nanos}"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
-        TmpfsDir(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 path")
-    }
-}
-
-impl Drop for TmpfsDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The channels (indices) client `i` holds: `i % 500`, so every channel has 4 clients of

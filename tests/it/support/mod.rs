@@ -45,3 +45,34 @@ pub async fn start(extra_args: &[&str]) -> (Redis, Gateway) {
     gateway.wait_ready(secs(10)).await;
     (redis, gateway)
 }
+
+/// A fresh directory, removed with everything in it when dropped (also when the test
+/// fails): `herald-it-<what>-<nanos>` under `base`.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Under the system's temporary directory.
+    pub fn new(what: &str) -> TempDir {
+        TempDir::under(&std::env::temp_dir(), what)
+    }
+
+    pub fn under(base: &std::path::Path, what: &str) -> TempDir {
+        let nanos = std::time::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .as_nanos();
+        let dir = base.join(format!("herald-it-{what}-{nanos}"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
