@@ -10,9 +10,10 @@
 #
 # Options:
 #   --peers LIST       herald,nchan (default both)
-#   --scenarios LIST   fanout,fanout_history,saturate,channels,idle,connect,outage,resume
-#                      (default all; fanout_history, outage and resume are Herald only:
-#                      Nchan has no history channels or resume from an offset)
+#   --scenarios LIST   fanout,fanout_history,saturate,channels,idle,connect,outage,resume,
+#                      api_publish (default all; fanout_history, outage, resume and
+#                      api_publish are Herald only: Nchan has no history channels, no
+#                      resume from an offset and no Herald server API)
 #   --runs N           runs per peer and scenario (default 3; 1 with --quick)
 #   --quick            small N and short windows; the page says so and judges no target
 #   --out DIR          where benchmarks.md, benchmarks.svg and benchmarks/raw/ go (docs)
@@ -31,7 +32,7 @@ source loadtest/lib.sh
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
-all_scenarios=fanout,fanout_history,saturate,channels,idle,connect,outage,resume
+all_scenarios=fanout,fanout_history,saturate,channels,idle,connect,outage,resume,api_publish
 command_line="loadtest/run.sh${*:+ $*}"
 peers=herald,nchan scenarios=$all_scenarios runs='' quick=0 out=docs
 while (($#)); do
@@ -108,6 +109,7 @@ scenario_args() {
       idle) echo --clients 2000 --hold 2s ;;
       connect) echo --clients 1000 --connect-concurrency 500 ;;
       outage) echo --clients 500 --channels 200 --down-for 500ms ;;
+      api_publish) echo --connections 16 --subscribers 4 --duration 2s ;;
     esac
   else
     case $1 in
@@ -126,6 +128,9 @@ scenario_args() {
       idle) echo --clients "$idle_clients" --hold 10s ;;
       connect) echo --clients 10000 --connect-concurrency 500 ;;
       outage) echo --clients 5000 --channels 2000 --down-for 1s ;;
+      # Issue 11's target is stated at C=16; 10 s per leg (four legs: API and Redis,
+      # plain and history), 100-byte payloads, 4 subscribers taking every channel.
+      api_publish) echo --connections 16 --subscribers 4 --duration 10s --payload-bytes 100 ;;
     esac
   fi
 }
@@ -137,6 +142,11 @@ herald_flags=(--heartbeat 300s --max-connections-per-ip 0)
 history_rule='lt.*=1000/5m'
 history_flags=(--history "$history_rule")
 has_history() { [[ $1 == fanout_history || $1 == resume ]]; }
+# api_publish: the server API on, and history on its history legs' channels (hist.0, ...)
+# only, so its plain legs stay plain. The key only guards a loopback listener for one run.
+api_key=herald-loadtest
+api_history_rule='hist.*=1000/5m'
+api_flags=(--api-key "$api_key" --history "$api_history_rule")
 # subcommand SCENARIO: the herald-loadtest scenario a benchmark scenario runs.
 subcommand() { [[ $1 == fanout_history ]] && echo fanout || echo "$1"; }
 
@@ -200,6 +210,7 @@ run_one() {
   start_redis "$redis_port" "$dir" taskset -c 1
   local extra=()
   has_history "$scenario" && extra=("${history_flags[@]}")
+  [[ $scenario == api_publish ]] && extra=("${api_flags[@]}")
   "start_$peer" "$server_port" "$redis_port" "$dir" "${extra[@]}"
   local args
   read -ra args <<<"$(scenario_args "$scenario")"
@@ -213,6 +224,7 @@ run_one() {
       --nchan-pub "http://127.0.0.1:$server_port/pub/{channel}")
   fi
   args+=(--redis "redis://127.0.0.1:$redis_port" --server-pid "$measured_pid" --json)
+  [[ $scenario == api_publish ]] && args+=(--api-key "$api_key")
   [[ $scenario == outage ]] &&
     args+=(--redis-start-cmd "taskset -c 1 $(redis_cmd "$redis_port" "$dir")")
   log "$name: herald-loadtest $command ${args[*]}"
@@ -246,6 +258,10 @@ for scenario in "${scenarios[@]}"; do
       log "$scenario: Herald only (Nchan has no history channels or resume from an offset); skipped for Nchan"
       continue
     fi
+    if [[ $peer == nchan && $scenario == api_publish ]]; then
+      log "api_publish: Herald only (it measures Herald's server API); skipped for Nchan"
+      continue
+    fi
     for ((run = 1; run <= runs; run++)); do
       run_one "$peer" "$scenario" "$run"
     done
@@ -273,7 +289,7 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
   echo "Load average before the run: $load_before"
   echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
   echo "Herald: $herald_version"
-  echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`"
+  echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`; for api_publish \`--api-key KEY --history '$api_history_rule'\`"
   echo "Rust: $(rustc --version)"
   echo "herald-loadtest: $("$bin/herald-loadtest" --version)"
   echo "Redis: $(redis-server --version | sed 's/ sha=.*//')"

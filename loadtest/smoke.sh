@@ -3,8 +3,9 @@
 # build of Herald, with 50 clients and 1 s windows, so the instrument cannot rot unnoticed.
 # Prints one line per scenario; exits non-zero if a scenario could not measure, reports
 # not clean, or lost a delivery. Herald only (the Nchan side needs nginx: see run.sh).
-# Herald keeps history on the `hist.*` channels (contract 1.1), which only the two
-# history runs use: fanout through FCALL herald_publish, and resume.
+# Herald keeps history on the `hist.*` channels (contract 1.1), which only the history
+# runs use: fanout through FCALL herald_publish, resume, and api_publish's history legs.
+# Its server API is on (--api-key) for api_publish.
 #
 #   loadtest/smoke.sh          # ~30 s after the build
 #
@@ -43,8 +44,10 @@ start_redis "$redis_port" "$work"
 # --heartbeat 300s keeps server pings out of the measurement; --max-connections-per-ip 0
 # because every client comes from 127.0.0.1 (the same flags as the benchmark). History
 # on hist.* only: the other scenarios' lt.* channels stay plain.
+api_key=herald-smoke
 "$bin/herald" --listen "127.0.0.1:$herald_port" --redis-url "redis://127.0.0.1:$redis_port" \
   --heartbeat 300s --max-connections-per-ip 0 --history 'hist.*=1000/5m' --log warn \
+  --api-key "$api_key" \
   >"$work/herald.log" 2>&1 &
 herald_pid=$!
 wait_for 20 "Herald to be ready on port $herald_port" http_ok "$herald_port" /readyz
@@ -79,6 +82,7 @@ smoke --as fanout_history fanout --clients 50 --rates 20,200 --duration 1s \
   --publish fcall --channel-prefix hist.
 smoke resume --clients 50 --rate 200 --warmup 1s --spread 200ms --tail 500ms \
   --channel-prefix hist.
+smoke api_publish --api-key "$api_key" --connections 4 --subscribers 2 --duration 1s
 # Last: it restarts Redis, which then holds no history and no function until Herald
 # loads it again.
 smoke outage --clients 50 --channels 20 --down-for 200ms \
@@ -88,4 +92,4 @@ if ((${#failed[@]})); then
   echo "smoke.sh: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "smoke.sh: all eight runs clean"
+echo "smoke.sh: all nine runs clean"

@@ -39,6 +39,14 @@ pub enum Scenario {
     /// the time until all caught up, losses, duplicates, recovered counts and the Redis
     /// commands the resume cost. Start Herald with `--history 'lt.*=1000/5m'`.
     Resume(Resume),
+    /// Herald's server API: C keep-alive connections each POST one publication at a time
+    /// to /api/publish for a fixed time, beside the same from C connections straight to
+    /// Redis (PUBLISH); then on a history channel (API beside FCALL herald_publish).
+    /// Reports publications/s and per-request p50/p99/p99.9 of each, and checks that a
+    /// few WebSocket subscribers received every publication. Start Herald with
+    /// `--api-key KEY --history 'hist.*=1000/5m'`.
+    #[command(name = "api_publish", alias = "api-publish")]
+    ApiPublish(ApiPublish),
     /// Internal: one generator process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -305,6 +313,46 @@ pub struct Resume {
     pub rejoin_target: Option<String>,
 }
 
+/// Herald only (issue 11): the server API's publish path against Redis directly.
+#[derive(Debug, Clone, Args)]
+pub struct ApiPublish {
+    #[command(flatten)]
+    pub common: Common,
+    /// Herald's API key (its `--api-key` / HERALD_API_KEY), sent as `Authorization:
+    /// Bearer KEY`.
+    #[arg(long)]
+    pub api_key: String,
+    /// The publish endpoint. Default: /api/publish on --target's host and port.
+    #[arg(long)]
+    pub api_url: Option<String>,
+    /// Publishing connections, each with one request in flight, on its own channel
+    /// (PREFIX + i), for the API and for Redis alike. 16: a backend's connection pool
+    /// (16 workers with one keep-alive connection each), enough requests in flight to
+    /// show queueing behind Herald's one Redis command connection while the generator,
+    /// which shares a core with Redis in run.sh, still keeps up.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Publishing time per leg (API, Redis; plain, then history: four legs). 10 s: the
+    /// other scenarios' window; at thousands of publications/s a p99.9 then rests on
+    /// hundreds of requests.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
+    /// WebSocket subscribers, each on every publishing channel, so Herald delivers what
+    /// is published (each publication reaches all of them) and losses are counted. A few
+    /// are enough for that and keep delivery small beside the publish path.
+    #[arg(long, default_value_t = 4)]
+    pub subscribers: u32,
+    /// Size of each publication's JSON payload (the stamp, padded): a small real
+    /// message, e.g. a chat line or a price tick.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Channel prefix of the history legs; Herald needs a history rule on it
+    /// (`--history 'hist.*=1000/5m'`). The plain legs use --channel-prefix, which must
+    /// have none.
+    #[arg(long, default_value = "hist.")]
+    pub history_prefix: String,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Summary {
     /// Files holding one `--json` report each.
@@ -366,5 +414,19 @@ mod tests {
             panic!("not fanout")
         };
         assert_eq!(fanout.common.publish, Some(PublishVia::Fcall));
+        let cli = Cli::try_parse_from(["t", "api_publish", "--api-key", "k"]).expect("parses");
+        let Scenario::ApiPublish(api) = cli.scenario else {
+            panic!("not api_publish")
+        };
+        assert_eq!((api.connections, api.subscribers), (16, 4));
+        assert_eq!(api.duration, Duration::from_secs(10));
+        assert_eq!(
+            (api.payload_bytes, api.history_prefix.as_str()),
+            (100, "hist.")
+        );
+        assert!(
+            Cli::try_parse_from(["t", "api_publish"]).is_err(),
+            "the key is required"
+        );
     }
 }

@@ -187,6 +187,9 @@ mod tests {
             "the fast path reads it"
         );
         assert_eq!(herald(message), stamp(Some(b"1764318000123456:42")));
+        // api_publish pads its payloads: still the fast path.
+        let padded = br#"{"op":"message","channel":"lt.0","data":{"t":5,"s":2,"c":0,"p":"xxxx"},"offset":"9:1"}"#;
+        assert_eq!(herald_message(padded), Some((STAMP, Some(&b"9:1"[..]))));
         // Another member order or spacing: serde_json reads it the same.
         let first =
             br#"{"op":"message","offset":"9:1","channel":"lt.0","data":{"t":5,"s":2,"c":0}}"#;

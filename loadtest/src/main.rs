@@ -7,7 +7,8 @@
 //!   ├──► worker 1: clients [N/K, 2N/K) ┼─► reader per connection: latency into an HDR
 //!   │                                  ┘   histogram, sequence gaps = losses
 //!   ├── publisher: PUBLISH or FCALL herald_publish to Redis (or POST to Nchan) at a
-//!   │   fixed, smooth rate
+//!   │   fixed, smooth rate; api_publish: C connections to Herald's API (or to Redis),
+//!   │   one request in flight each
 //!   └── probes: /proc/PID of the server (CPU, RSS), /proc/self of every generator process
 //! ```
 //!
@@ -24,7 +25,8 @@
 //! - `decode`     a received text frame -> stamp (+ offset) / welcome / lagged / ok / error
 //! - `stamp`      the publication payload `{"t":ns,"s":seq,"c":channel}`
 //! - `wave`       the reconnect wave of `resume`: each client's turn, what the workers count
-//! - `publish/`   Redis and Nchan publishers and the rate pacer
+//! - `publish/`   Redis and Nchan publishers and the rate pacer; the closed loop of
+//!   `api_publish` (Herald's POST /api/publish with hyper, or Redis directly)
 //! - `redis_ops`  PUBSUB NUMSUB waits, SHUTDOWN NOSAVE, waiting for Redis to come back,
 //!   INFO commandstats
 //! - `tally`      counters and the latency histogram, mergeable across processes

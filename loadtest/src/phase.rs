@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use crate::fleet::Fleet;
 use crate::publish::pace::{Control, Published, Stream};
+use crate::publish::Sequences;
 use crate::report::Phase;
 use crate::run::Run;
 use crate::tally::Latency;
@@ -45,6 +46,28 @@ pub async fn measure_during<T>(
     let window = Window::open(run.common.server_pid, baseline.cpu_ticks);
     let (published, out) = run.publish_during(&streams, max, during).await?;
     let duration = Duration::from_secs_f64(published.elapsed_s);
+    let phase = conclude(run, name, rate, duration, published, window).await?;
+    Ok((phase, out))
+}
+
+/// Measures the deliveries of publications `publish` makes with its own publisher (the
+/// closed loop of `api_publish`: no target rate; the phase's rate is the one achieved).
+/// `publish` numbers its publications from the run's sequences and returns what it sent
+/// beside anything of its own.
+pub async fn measure_with<T>(
+    run: &mut Run,
+    name: String,
+    duration: Duration,
+    publish: impl AsyncFnOnce(&mut Sequences) -> Result<(Published, T), String>,
+) -> Result<(Phase, T), String> {
+    eprintln!(
+        "{}: phase {name}: as fast as answered, for {duration:?}",
+        run.scenario
+    );
+    let baseline = run.fleet.report().await?;
+    let window = Window::open(run.common.server_pid, baseline.cpu_ticks);
+    let (published, out) = publish(&mut run.seqs).await?;
+    let rate = published.sent as f64 / duration.as_secs_f64().max(1e-9);
     let phase = conclude(run, name, rate, duration, published, window).await?;
     Ok((phase, out))
 }

@@ -19,6 +19,9 @@ pub enum Layout {
     OwnPlusShared { clients: u32 },
     /// Client `i` on channel `i mod channels`.
     Spread { channels: u32 },
+    /// Every client on every channel (`api_publish`: a few subscribers see every
+    /// publication of every publishing connection).
+    Every { channels: u32 },
 }
 
 impl Layout {
@@ -28,6 +31,7 @@ impl Layout {
             Layout::OneChannel => vec![0],
             Layout::OwnPlusShared { clients } => vec![client, clients],
             Layout::Spread { channels } => vec![client % channels.max(1)],
+            Layout::Every { channels } => (0..channels.max(1)).collect(),
         }
     }
 
@@ -36,7 +40,7 @@ impl Layout {
         match self {
             Layout::OneChannel => 1,
             Layout::OwnPlusShared { clients } => clients + 1,
-            Layout::Spread { channels } => channels.max(1),
+            Layout::Spread { channels } | Layout::Every { channels } => channels.max(1),
         }
     }
 
@@ -111,5 +115,8 @@ mod tests {
         assert_eq!(layout.audience(3, |c| c != 1), vec![1, 0, 1, 2]);
         let spread = Layout::Spread { channels: 2 };
         assert_eq!(spread.audience(5, |_| true), vec![3, 2]);
+        let every = Layout::Every { channels: 3 };
+        assert_eq!(every.channels_of(1), vec![0, 1, 2]);
+        assert_eq!(every.audience(4, |c| c != 0), vec![3, 3, 3]);
     }
 }

@@ -15,14 +15,15 @@ pub struct RunReport {
     pub scenario: &'static str,
     pub peer: String,
     /// How publications were made: `publish` (Redis PUBLISH), `fcall` (FCALL
-    /// herald_publish), `post` (Nchan).
+    /// herald_publish), `post` (Nchan), `api` (Herald's POST /api/publish, beside Redis
+    /// directly: api_publish).
     pub publish: &'static str,
     pub target: String,
     pub clients: u32,
     pub workers: usize,
     pub connect: ConnectSummary,
     pub phases: Vec<Phase>,
-    /// Scenario-specific results (saturate, idle, outage).
+    /// Scenario-specific results (saturate, idle, outage, resume, api_publish).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     /// The same results as text lines, for the human report.
@@ -119,6 +120,7 @@ impl RunReport {
             match self.publish {
                 "fcall" => "FCALL herald_publish",
                 "post" => "HTTP POST",
+                "api" => "POST /api/publish and, to compare, Redis directly",
                 _ => "PUBLISH",
             }
         );

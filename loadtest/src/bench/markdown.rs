@@ -341,6 +341,14 @@ const METHOD: &str = "\
   sustains lies between the answer and the next refined rate above it. With `--retries`, a
   step that failed on p99 alone (nothing lost) is measured again before the failure
   counts, for Herald and Nchan alike; every repeat is in the raw report (`repeated`).
+- **api_publish** is a closed loop: each of C connections sends one request and waits
+  for its whole answer before the next, so publications/s is what the path sustains with C
+  requests in flight and the latency is per request. The direct-Redis legs use the same
+  loop with the redis crate, one command at a time per connection: what a backend (or
+  `redis-cli PUBLISH`) pays without the API. The API's requests pass Herald on core 0 and
+  then Redis on core 1; the direct ones only Redis. Either way the generator shares core 1
+  with Redis, so its own cost is in both rates. The *API ÷ Redis* rows divide within each
+  run, then take the median.
 - **The generator shares the machine.** Each report records the generator's CPU and the
   whole machine's busy cores; herald-loadtest warns when a generator process neared a full
   core or the machine's cores were busy (then the numbers describe the machine as much as

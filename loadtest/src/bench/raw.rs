@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const PEERS: [&str; 2] = ["herald", "nchan"];
 
 /// Scenarios in page order.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "fanout",
     "fanout_history",
     "saturate",
@@ -25,6 +25,7 @@ pub const SCENARIOS: [&str; 8] = [
     "connect",
     "outage",
     "resume",
+    "api_publish",
 ];
 
 /// One run of one scenario against one peer.
@@ -153,6 +154,10 @@ mod tests {
         assert_eq!(
             parse_stem("herald-fanout_history-2"),
             Some(("herald", "fanout_history", 2))
+        );
+        assert_eq!(
+            parse_stem("herald-api_publish-1"),
+            Some(("herald", "api_publish", 1))
         );
     }
 

@@ -55,6 +55,7 @@ pub fn sections() -> Vec<Section> {
         connect(),
         outage(),
         resume(),
+        api_publish(),
     ]
 }
 
@@ -69,6 +70,14 @@ pub fn phase_at(v: &Value, rate: f64) -> Option<&Value> {
         .as_array()?
         .iter()
         .find(|p| p["rate"].as_f64().is_some_and(|r| (r - rate).abs() < 1e-6))
+}
+
+/// The phase named `name`.
+pub fn phase_named<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["phases"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
 }
 
 /// saturate: the step the sustained rate comes from (with `--refine`, not always the
@@ -693,6 +702,160 @@ fn resume() -> Section {
     }
 }
 
+/// api_publish: per kind of channel, the API beside Redis directly.
+fn api_publish_rows(kind: &'static str, redis: &'static str, p99: Option<Target>) -> Vec<Row> {
+    let leg = move |who: &'static str, what: &'static str| {
+        move |v: &Value| at(v, &format!("/result/{kind}/{who}/{what}"))
+    };
+    let api_phase = if kind == "plain" {
+        "api POST"
+    } else {
+        "api POST (history)"
+    };
+    let mut api_p99 = row(
+        format!("{kind}: API request latency p99"),
+        Unit::Ms,
+        Agg::Median,
+        leg("api", "latency_ms/p99_ms"),
+    );
+    api_p99.target = p99;
+    vec![
+        row(
+            format!("{kind}: API publications/s"),
+            Unit::Rate,
+            Agg::Median,
+            leg("api", "per_s"),
+        ),
+        row(
+            format!("{kind}: {redis} publications/s"),
+            Unit::Rate,
+            Agg::Median,
+            leg("redis", "per_s"),
+        ),
+        row(
+            format!("{kind}: API ÷ {redis}, publications/s"),
+            Unit::Ratio,
+            Agg::Median,
+            leg("api_vs_redis", "rate"),
+        ),
+        row(
+            format!("{kind}: API request latency p50"),
+            Unit::Ms,
+            Agg::Median,
+            leg("api", "latency_ms/p50_ms"),
+        ),
+        api_p99,
+        row(
+            format!("{kind}: API request latency p99.9"),
+            Unit::Ms,
+            Agg::Median,
+            leg("api", "latency_ms/p999_ms"),
+        ),
+        row(
+            format!("{kind}: {redis} latency p50"),
+            Unit::Ms,
+            Agg::Median,
+            leg("redis", "latency_ms/p50_ms"),
+        ),
+        row(
+            format!("{kind}: {redis} latency p99"),
+            Unit::Ms,
+            Agg::Median,
+            leg("redis", "latency_ms/p99_ms"),
+        ),
+        row(
+            format!("{kind}: {redis} latency p99.9"),
+            Unit::Ms,
+            Agg::Median,
+            leg("redis", "latency_ms/p999_ms"),
+        ),
+        row(
+            format!("{kind}: API ÷ {redis}, p99"),
+            Unit::Ratio,
+            Agg::Median,
+            leg("api_vs_redis", "p99"),
+        ),
+        row(
+            format!("{kind}: API leg, server CPU, cores"),
+            Unit::Cores,
+            Agg::Median,
+            move |v| phase_named(v, api_phase).and_then(|p| at(p, "/usage/server/cores")),
+        ),
+        row(
+            format!("{kind}: API leg, delivery latency p99 (stamp to subscriber)"),
+            Unit::Ms,
+            Agg::Median,
+            move |v| phase_named(v, api_phase).and_then(|p| at(p, "/latency_ms/p99_ms")),
+        ),
+    ]
+}
+
+fn api_publish() -> Section {
+    let mut rows = api_publish_rows(
+        "plain",
+        "PUBLISH",
+        Some(Target {
+            text: "< 5 ms at C=16",
+            met: |v| v < 5.0,
+        }),
+    );
+    rows.extend(api_publish_rows("history", "FCALL", None));
+    let sum = |pointer: &'static str| {
+        move |v: &Value| {
+            let phases = v["phases"].as_array()?;
+            Some(phases.iter().filter_map(|p| at(p, pointer)).sum())
+        }
+    };
+    rows.push(
+        row(
+            "lost deliveries, all legs, worst run",
+            Unit::Count,
+            Agg::Worst,
+            sum("/lost"),
+        )
+        .target("0", |v| v == 0.0),
+    );
+    rows.push(row(
+        "failed requests, all legs, worst run",
+        Unit::Count,
+        Agg::Worst,
+        |v| {
+            let legs = ["plain/redis", "plain/api", "history/redis", "history/api"];
+            let failed = legs.map(|leg| at(v, &format!("/result/{leg}/failed")));
+            failed
+                .iter()
+                .any(Option::is_some)
+                .then(|| failed.iter().flatten().sum())
+        },
+    ));
+    Section {
+        scenario: "api_publish",
+        about: "Herald's server API (issue 11): C keep-alive HTTP/1.1 connections, each \
+                POSTing one publication to `/api/publish` at a time (the next once the answer \
+                is read), for a fixed time; beside it the same from C connections straight \
+                to Redis, one command at a time each (`PUBLISH`, what `redis-cli PUBLISH` \
+                does), which is the floor the API adds to. Then on history channels: the API \
+                (answered with an offset) beside `FCALL herald_publish`. Latency is per \
+                request, send to the whole answer; a few WebSocket subscribers take every \
+                channel and must lose nothing (Herald only: the API is Herald's).",
+        describe: |v| {
+            format!(
+                "{} connections per leg, {} s per leg, {}-byte payloads; {} subscribers on \
+                 every channel",
+                at(v, "/result/connections").unwrap_or(0.0),
+                at(v, "/result/duration_s").unwrap_or(0.0),
+                at(v, "/result/payload_bytes").unwrap_or(0.0),
+                at(v, "/result/subscribers").unwrap_or(0.0)
+            )
+        },
+        standard: |v| {
+            at(v, "/result/connections") == Some(16.0) && at(v, "/result/duration_s") == Some(10.0)
+        },
+        rows,
+        herald_only: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,6 +960,42 @@ mod tests {
         assert_eq!(get("… of them FCALL"), Some(200.0));
         assert_eq!(get("… FCALL_RO (history reads)"), Some(0.0));
         assert_eq!(get("lost deliveries, worst run"), Some(3.0));
+        assert!(section.herald_only);
+    }
+
+    #[test]
+    fn api_publish_rows_read_legs_ratios_and_phases() {
+        let section = api_publish();
+        let leg = |per_s: f64, p99: f64| {
+            json!({"per_s": per_s, "failed": 0,
+            "latency_ms": {"p50_ms": p99 / 2.0, "p99_ms": p99}})
+        };
+        let report = json!({
+            "phases": [{"name": "redis PUBLISH", "lost": 0},
+                       {"name": "api POST", "lost": 2, "usage": {"server": {"cores": 0.9}}}],
+            "result": {"connections": 16, "duration_s": 10.0,
+                "plain": {"redis": leg(40_000.0, 1.0), "api": leg(10_000.0, 3.0),
+                          "api_vs_redis": {"rate": 0.25, "p99": 3.0}}}
+        });
+        let get = |label: &str| {
+            let row = section.rows.iter().find(|r| r.label == label).expect(label);
+            (row.get)(&report)
+        };
+        assert_eq!(get("plain: API publications/s"), Some(10_000.0));
+        assert_eq!(get("plain: PUBLISH latency p99"), Some(1.0));
+        assert_eq!(get("plain: API ÷ PUBLISH, p99"), Some(3.0));
+        assert_eq!(get("plain: API leg, server CPU, cores"), Some(0.9));
+        assert_eq!(get("history: API publications/s"), None);
+        assert_eq!(get("lost deliveries, all legs, worst run"), Some(2.0));
+        assert_eq!(get("failed requests, all legs, worst run"), Some(0.0));
+        let p99 = section
+            .rows
+            .iter()
+            .find(|r| r.label == "plain: API request latency p99")
+            .and_then(|r| r.target)
+            .expect("the issue's target");
+        assert!((p99.met)(3.0) && !(p99.met)(5.0));
+        assert!((section.standard)(&report));
         assert!(section.herald_only);
     }
 }

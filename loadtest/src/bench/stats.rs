@@ -60,6 +60,8 @@ pub enum Unit {
     MiB,
     /// CPU time over wall time: 1.00 = one core busy throughout.
     Cores,
+    /// One measurement over another (api_publish: the API ÷ Redis directly).
+    Ratio,
 }
 
 impl Unit {
@@ -82,12 +84,13 @@ impl Unit {
             Unit::Ms | Unit::Seconds => significant(value),
             Unit::KiB | Unit::Cores => format!("{value:.2}"),
             Unit::MiB => format!("{value:.1}"),
+            Unit::Ratio => format!("{value:.2}×"),
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Unit::Count | Unit::Rate | Unit::Cores => "",
+            Unit::Count | Unit::Rate | Unit::Cores | Unit::Ratio => "",
             Unit::Ms => "ms",
             Unit::Seconds => "s",
             Unit::KiB => "KiB",
@@ -153,5 +156,6 @@ mod tests {
         assert_eq!(Unit::Ms.format(1234.0), "1,234 ms");
         assert_eq!(Unit::Seconds.format(f64::INFINITY), "never");
         assert_eq!(Unit::KiB.format(3.456), "3.46 KiB");
+        assert_eq!(Unit::Ratio.format(0.314), "0.31×");
     }
 }

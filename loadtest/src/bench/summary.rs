@@ -103,6 +103,19 @@ pub fn line(report: &Value) -> (String, Option<String>) {
                 thousands(r("redis/beyond_steady_total").unwrap_or(0.0).max(0.0))
             );
         }
+        "api_publish" => {
+            for (kind, redis) in [("plain", "PUBLISH"), ("history", "FCALL")] {
+                let leg = |who: &str, what: &str| r(&format!("{kind}/{who}/{what}"));
+                let _ = write!(
+                    out,
+                    " | {kind}: API {}/s p99 {} vs {redis} {}/s p99 {}",
+                    thousands(leg("api", "per_s").unwrap_or(0.0)),
+                    Unit::Ms.format(leg("api", "latency_ms/p99_ms").unwrap_or(0.0)),
+                    thousands(leg("redis", "per_s").unwrap_or(0.0)),
+                    Unit::Ms.format(leg("redis", "latency_ms/p99_ms").unwrap_or(0.0)),
+                );
+            }
+        }
         _ => {}
     }
     if report["publish"] == "fcall" {
@@ -157,6 +170,27 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("| via FCALL herald_publish"), "{text}");
+        assert_eq!(fault, None);
+    }
+
+    #[test]
+    fn an_api_publish_line_compares_the_api_with_redis() {
+        let leg = |per_s: f64, p99: f64| json!({"per_s": per_s, "latency_ms": {"p99_ms": p99}});
+        let report = json!({
+            "scenario": "api_publish", "peer": "herald", "publish": "api", "clients": 4,
+            "clean": true, "connect": {"elapsed_s": 0.01}, "phases": [],
+            "result": {"plain": {"api": leg(9000.0, 2.5), "redis": leg(30000.0, 0.9)},
+                       "history": {"api": leg(7000.0, 3.0), "redis": leg(20000.0, 1.2)}}
+        });
+        let (text, fault) = line(&report);
+        assert!(
+            text.contains("plain: API 9,000/s p99 2.50 ms vs PUBLISH 30,000/s p99 0.900 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("history: API 7,000/s p99 3.00 ms vs FCALL"),
+            "{text}"
+        );
         assert_eq!(fault, None);
     }
 

@@ -1,11 +1,15 @@
 //! Publishers: Redis PUBLISH or FCALL herald_publish (Herald) or HTTP POST (Nchan), behind
-//! one enum, and the pacer that drives either at a fixed rate.
+//! one enum, and the pacer that drives either at a fixed rate; and, for `api_publish`,
+//! the closed loop: C connections (Herald's `POST /api/publish`, or Redis directly), each
+//! sending one publication at a time as fast as the answers come.
 //!
 //! Every publication carries a stamp (`stamp`): send time, sequence, channel index. The
 //! sequence per channel lives in `Sequences`, owned by the run, so it continues across
 //! phases and a client's gap detection never resets.
 
+pub mod closed_loop;
 pub mod pace;
+pub mod via_api;
 mod via_nchan;
 mod via_redis;
 
@@ -26,6 +30,17 @@ impl Sequences {
         let slot = &mut self.0[channel as usize];
         *slot += 1;
         *slot - 1
+    }
+
+    /// The next number of `channel`, for a publisher that numbers its own run on it and
+    /// then says how many it made with [`Sequences::skip`].
+    pub fn peek(&self, channel: u32) -> u64 {
+        self.0[channel as usize]
+    }
+
+    /// Marks `n` numbers of `channel` as used.
+    pub fn skip(&mut self, channel: u32, n: u64) {
+        self.0[channel as usize] += n;
     }
 }
 

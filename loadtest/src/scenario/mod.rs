@@ -4,6 +4,7 @@
 //! misrouted deliveries, dropped connections, or did not recover (the report says which);
 //! 1 = could not measure (bad flags, server unreachable, a worker died).
 
+mod api_publish;
 mod channels;
 mod connect;
 mod fanout;
@@ -59,6 +60,10 @@ pub fn main(scenario: Scenario) -> ExitCode {
         Scenario::Resume(args) => (
             args.common.json,
             local.block_on(&runtime, resume::run(args)),
+        ),
+        Scenario::ApiPublish(args) => (
+            args.common.json,
+            local.block_on(&runtime, api_publish::run(args)),
         ),
         Scenario::Worker | Scenario::Summary(_) | Scenario::Table(_) => {
             unreachable!("dispatched in main")
