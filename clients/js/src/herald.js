@@ -55,6 +55,7 @@ export class Herald {
   #tokenAt = 0; // Date.now() when #token was obtained
   #tokenStale = false;
   #offNetwork = null;
+  #lastFrameAt = 0;
 
   /**
    * @param {string} url ws:// or wss:// URL of Herald's /ws (relative in a page is fine)
@@ -142,12 +143,12 @@ export class Herald {
     }
     if (generation !== this.#generation || !this.#wanted) return;
 
-    const url = new URL(this.#url, globalThis.location?.href);
-    if (url.protocol === "http:") url.protocol = "ws:";
-    if (url.protocol === "https:") url.protocol = "wss:";
-    if (token) url.searchParams.set("token", token); // browsers cannot set Authorization
     let ws;
     try {
+      const url = new URL(this.#url, globalThis.location?.href);
+      if (url.protocol === "http:") url.protocol = "ws:";
+      if (url.protocol === "https:") url.protocol = "wss:";
+      if (token) url.searchParams.set("token", token); // browsers cannot set Authorization
       ws = new this.#WebSocket(url.href);
     } catch (e) {
       this.#emit("error", { code: "connect", message: String(e?.message ?? e) });
@@ -269,7 +270,8 @@ export class Herald {
     if (ws !== this.#ws) return;
     // Any frame proves the socket alive, a pong or not (centrifuge-js#423: after sleep,
     // data queued ahead of the pong must not let the pong timer kill the connection).
-    this.#alive();
+    this.#lastFrameAt = Date.now();
+    if (this.#timers.pong) this.#clearTimer("pong");
     let f;
     try {
       f = JSON.parse(raw);
@@ -303,6 +305,7 @@ export class Herald {
     this.#clearTimer("connect");
     this.#attempt = 0;
     this.#setState("connected");
+    this.#watchIdle();
     this.#scheduleRefresh();
     const names = [...this.#channels.keys()];
     for (let i = 0; i < names.length; i += BATCH) this.#subscribeBatch(names.slice(i, i + BATCH));
@@ -334,9 +337,10 @@ export class Herald {
 
   #onLagged(f) {
     const ch = this.#channels.get(f.channel);
-    const recovering = Boolean(ch?.offset) && !ch.resyncing;
+    const recovering = Boolean(ch?.offset);
     this.#emit("lagged", { channel: f.channel, missed: f.missed, recovering });
-    if (!recovering) return;
+    // Already resyncing: this is the old subscription's news, which the replay covers.
+    if (!recovering || ch.resyncing) return;
     // `lagged` arrives where the drop happened, so our last offset is the resume point.
     // Freeze it (#onMessage drops what follows until the replay), unsubscribe, and only on
     // the unsubscribe's `ok` subscribe again with `since`: nothing of the old subscription
@@ -416,9 +420,14 @@ export class Herald {
 
   // ---- liveness ------------------------------------------------------------------------
 
-  #alive() {
-    this.#clearTimer("pong");
-    if (this.#opts.pingInterval > 0) this.#setTimer("idle", this.#opts.pingInterval, () => this.#probe());
+  /** Checks for silence every so often rather than re-arming a timer per frame: a busy
+   *  channel delivers thousands of frames a second. */
+  #watchIdle() {
+    const interval = this.#opts.pingInterval;
+    if (!(interval > 0)) return;
+    const silent = Date.now() - this.#lastFrameAt;
+    if (silent >= interval) this.#probe();
+    this.#setTimer("idle", silent >= interval ? interval : interval - silent, () => this.#watchIdle());
   }
 
   #probe() {

@@ -9,7 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serve } from "../examples/serve.js";
-import { startRedis, startHerald, Resp, eventually, ensureChromium } from "./support.js";
+import { startRedis, startHerald, Resp, eventually, metric, ensureChromium } from "./support.js";
 
 const out = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../test-output");
 let redis, herald, pub, web, browser;
@@ -39,7 +39,7 @@ test("the demo page survives a Herald restart without losing or repeating a mess
   await page.waitForSelector('#state[data-state="connected"]', { timeout: 15000 });
   await page.evaluate(() => window.heraldClient.on("state", (s) => (window.states ??= []).push(s)));
   // The page's subscribe must have reached Herald before the first publication.
-  await eventually(async () => /^herald_subscriptions 1$/m.test(await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text()), {
+  await eventually(async () => (await metric(herald.port, "herald_subscriptions")) === 1, {
     what: "the page's subscription on Herald",
     describe: () => consoleLines.join("\n"),
   });

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
 import { Herald } from "../src/herald.js";
-import { startRedis, startHerald, Resp, eventually } from "./support.js";
+import { startRedis, startHerald, Resp, eventually, metric } from "./support.js";
 
 let redis, herald, pub;
 const clients = [];
@@ -80,7 +80,7 @@ test("publications arrive in order, once each, on history and plain channels (su
   c.close();
 });
 
-test("a client that lags on a history channel is made whole from history, transparently", async () => {
+test("a client that lags on a history channel is made whole from history, transparently", async (t) => {
   // A Herald whose per-channel queue holds only 16 frames: a client that stops reading
   // falls behind by thousands and gets `lagged`.
   const small = await startHerald(redis, { history: "h:*=5000/10m", extra: ["--queue-capacity", "16"] });
@@ -96,12 +96,16 @@ test("a client that lags on a history channel is made whole from history, transp
     const ready = subscribed(c, "h:lag");
     c.connect();
     await ready;
+    // The first offset comes with the first message (Herald's `ok` carries none): a lag
+    // before it could not be resumed. Take one first.
+    await pub.command("FCALL", "herald_publish", 1, "h:lag", JSON.stringify({ n: 0 }));
+    await eventually(() => got.length === 1, { what: "the first publication" });
 
     // 2,000 publications of 8 KiB (16 MB, more than loopback socket buffers hold), sent by
     // redis-cli from a file so they flow while this process is blocked and reads nothing.
     const N = 2000;
     const pad = "x".repeat(8192);
-    const cmds = range(N).map((n) => {
+    const cmds = range(N).slice(1).map((n) => {
       const payload = JSON.stringify({ n, pad });
       return `*5\r\n$5\r\nFCALL\r\n$14\r\nherald_publish\r\n$1\r\n1\r\n$5\r\nh:lag\r\n$${Buffer.byteLength(payload)}\r\n${payload}\r\n`;
     });
@@ -114,6 +118,7 @@ test("a client that lags on a history channel is made whole from history, transp
 
     assert.equal(await cliDone, 0, "redis-cli --pipe succeeded");
     await eventually(() => got.length >= N, { timeout: 20000, what: `${N} publications`, describe: () => `got ${got.length}, lagged ${JSON.stringify(lagged)}` });
+    t.diagnostic(`lagged ${lagged.length} times, ${lagged.reduce((a, e) => a + e.missed, 0)} publications dropped by Herald and fetched back`);
     assert.ok(lagged.length > 0, "the client lagged (else this test proves nothing)");
     assert.ok(lagged.every((e) => e.recovering), "each lag was repaired from history");
     assert.deepEqual(gaps, []);
@@ -149,7 +154,7 @@ test("unsubscribe stops delivery; the last handler of a channel unsubscribes it 
 
   subB.unsubscribe();
   // The server drops the channel: only h:sentinel is left for this connection.
-  await eventually(async () => /^herald_subscriptions 1$/m.test(await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text()), {
+  await eventually(async () => (await metric(herald.port, "herald_subscriptions")) === 1, {
     what: "herald_subscriptions 1 on the server",
   });
   await publish("h:unsub", 3);

@@ -15,7 +15,7 @@ after(async () => {
   await redis?.stop();
 });
 
-test("Herald killed and restarted during 2,000 publications: each delivered once, in order", async () => {
+test("Herald killed and restarted during 2,000 publications: each delivered once, in order", async (t) => {
   redis = await startRedis();
   herald = await startHerald(redis, { history: "h:*=5000/10m" });
   pub = await Resp.connect(redis.port);
@@ -27,6 +27,14 @@ test("Herald killed and restarted during 2,000 publications: each delivered once
   const gaps = [];
   c.on("state", (s) => states.push(s));
   c.on("gap", (e) => gaps.push(e));
+  const resumes = [];
+  c.on("subscribed", (e) => e.channel === "h:restart" && resumes.push(e.recovered));
+  let downAt;
+  let upAt;
+  c.on("state", (s) => {
+    if (s === "disconnected") downAt ??= Date.now();
+    if (s === "connected" && downAt) upAt ??= Date.now();
+  });
   c.subscribe("h:restart", (data) => got.push(data.n));
   const ready = new Promise((r) => c.on("subscribed", (e) => e.channel === "h:restart" && r()));
   c.connect();
@@ -57,6 +65,8 @@ test("Herald killed and restarted during 2,000 publications: each delivered once
   await pub.command("FCALL", "herald_publish", 1, "h:late", JSON.stringify({ n: 1 }));
   await eventually(() => late.length === 1, { what: "the publication on the channel subscribed during the outage" });
 
+  t.diagnostic(`killed after ${killedAt} received; client down ${upAt - downAt} ms; ${publishMs} ms of publishing; states ${states.join(",")}`);
+  assert.deepEqual(resumes, [undefined, true], "the reconnect resumed from history");
   assert.ok(killedAt < N, `the kill came mid-stream (after ${killedAt} received, ${publishMs} ms of publishing)`);
   assert.ok(states.includes("disconnected"), `the client saw the outage: ${states.join(",")}`);
   assert.deepEqual(gaps, [], "history covered the outage");

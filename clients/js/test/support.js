@@ -6,6 +6,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -41,6 +42,28 @@ export async function eventually(check, { timeout = 10000, every = 20, what = "c
     }
     await sleep(every);
   }
+}
+
+/** GET over a fresh connection, closed after: fetch's pooled keep-alive socket would hold
+ *  the test process open for seconds after the last test. Resolves to {status, body}. */
+export function httpGet(url) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode, body }));
+    });
+    req.on("error", reject);
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
+}
+
+/** The value of an unlabelled metric on Herald's /metrics. */
+export async function metric(port, name) {
+  const { body } = await httpGet(`http://127.0.0.1:${port}/metrics`);
+  const m = new RegExp(`^${name} (\\S+)$`, "m").exec(body);
+  return m ? Number(m[1]) : undefined;
 }
 
 // ---- RESP -----------------------------------------------------------------------------
@@ -150,7 +173,9 @@ async function killAndWait(child, signal) {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once("exit", r));
   child.kill(signal);
-  await Promise.race([exited, sleep(5000)]);
+  let timer;
+  await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 5000)))]);
+  clearTimeout(timer); // a pending timer would keep the test process alive
 }
 
 /** redis-server without persistence on a free port; `restart()` loses everything. */
@@ -203,7 +228,7 @@ export async function startHerald(redis, { history = "", jwtSecret, extra = [] }
     child: null,
     async start() {
       this.child = spawnLogged(HERALD_BIN, args, "herald");
-      await eventually(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200, {
+      await eventually(async () => (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 200, {
         timeout: 15000,
         what: `Herald ready on ${port}`,
         describe: () => this.child.log(),
