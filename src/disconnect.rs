@@ -1,5 +1,5 @@
 //! Who to close when the server API disconnects a user: each token subject's sessions,
-//! and one signal per session.
+//! reached through their inboxes.
 //!
 //! The request reaches every instance through Redis (`redis` routes the control channel
 //! here); each closes its own sessions of that subject with 4003 `disconnected`.
@@ -7,28 +7,31 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
+use crate::inbox::Inbox;
 use crate::tape::SessionId;
 
 #[derive(Default)]
 pub struct Disconnects {
-    by_subject: DashMap<String, Vec<(SessionId, Arc<Notify>)>>,
+    by_subject: DashMap<String, Vec<(SessionId, Arc<Inbox>)>>,
 }
 
 impl Disconnects {
     /// Registers a session of `subject` until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, subject: &str, session: SessionId) -> Registration {
-        let signal = Arc::new(Notify::new());
+    pub fn register(
+        self: &Arc<Self>,
+        subject: &str,
+        session: SessionId,
+        inbox: &Arc<Inbox>,
+    ) -> Registration {
         self.by_subject
             .entry(subject.to_owned())
             .or_default()
-            .push((session, signal.clone()));
+            .push((session, inbox.clone()));
         Registration {
             registry: self.clone(),
             subject: subject.to_owned(),
             session,
-            signal,
         }
     }
 
@@ -37,9 +40,8 @@ impl Disconnects {
         let Some(sessions) = self.by_subject.get(subject) else {
             return 0;
         };
-        for (_, signal) in sessions.iter() {
-            // A permit is kept if the session is not waiting right now.
-            signal.notify_one();
+        for (_, inbox) in sessions.iter() {
+            inbox.disconnect();
         }
         sessions.len()
     }
@@ -50,14 +52,6 @@ pub struct Registration {
     registry: Arc<Disconnects>,
     subject: String,
     session: SessionId,
-    signal: Arc<Notify>,
-}
-
-impl Registration {
-    /// Resolves when the session's user is disconnected.
-    pub async fn disconnected(&self) {
-        self.signal.notified().await
-    }
 }
 
 impl Drop for Registration {
@@ -79,18 +73,20 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::FutureExt;
 
     #[test]
     fn only_the_subjects_sessions_are_told_and_leaving_cleans_up() {
         let registry = Arc::new(Disconnects::default());
-        let alice = [registry.register("alice", 1), registry.register("alice", 2)];
-        let bob = registry.register("bob", 3);
+        let inboxes: Vec<Arc<Inbox>> = (0..3).map(|_| Arc::new(Inbox::new())).collect();
+        let alice = [
+            registry.register("alice", 1, &inboxes[0]),
+            registry.register("alice", 2, &inboxes[1]),
+        ];
+        let _bob = registry.register("bob", 3, &inboxes[2]);
         assert_eq!(registry.disconnect("alice"), 2);
-        for session in &alice {
-            assert!(session.disconnected().now_or_never().is_some());
-        }
-        assert!(bob.disconnected().now_or_never().is_none());
+        let taken = |inbox: &Arc<Inbox>| inbox.take(&mut Vec::new());
+        assert!(taken(&inboxes[0]) && taken(&inboxes[1]));
+        assert!(!taken(&inboxes[2]));
         drop(alice);
         assert_eq!(registry.disconnect("alice"), 0);
         assert!(!registry.by_subject.contains_key("alice"));

@@ -232,7 +232,7 @@ mod tests {
     /// What a subscriber told of news reads from its tape.
     fn read(inbox: &Arc<Inbox>, session: SessionId, cursor: &mut Cursor) -> Vec<String> {
         let mut pending = Vec::new();
-        inbox.take(&mut pending);
+        let _ = inbox.take(&mut pending);
         let mut out = VecDeque::new();
         for tape in pending {
             tape.read(cursor, session, inbox, &mut out);
@@ -289,7 +289,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&old, &new), "the last leave removed the tape");
         hub.publish("c", [&b"2"[..]]);
         let mut pending = Vec::new();
-        inbox.take(&mut pending);
+        let _ = inbox.take(&mut pending);
         // The stale mark from the old tape comes too; the session skips tapes it no
         // longer holds (session::subscriptions), so read only the held one.
         let mut out = VecDeque::new();

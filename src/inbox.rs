@@ -31,6 +31,8 @@ pub struct Inbox {
 struct State {
     pending: Vec<Arc<Tape>>,
     closed: bool,
+    /// The server API disconnected the session's user: it closes with 4003 when it wakes.
+    disconnected: bool,
 }
 
 impl Inbox {
@@ -61,9 +63,28 @@ impl Inbox {
     }
 
     /// Moves the marked tapes into `into` (empty; its buffer is reused between turns).
-    pub fn take(&self, into: &mut Vec<Arc<Tape>>) {
+    /// Returns true instead when the session's user was disconnected (`disconnect`): one
+    /// lock per wake for both.
+    #[must_use]
+    pub fn take(&self, into: &mut Vec<Arc<Tape>>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.disconnected {
+            return true;
+        }
         std::mem::swap(&mut state.pending, into);
+        false
+    }
+
+    /// Tells the session to close because its user was disconnected (`disconnect`). The
+    /// same wake as for news: a signal of its own, awaited in the session's loop, cost
+    /// ~120 bytes per idle connection (the `idle` scenario, interleaved: 4.36 and 4.34 KiB
+    /// per connection with it, 4.23 and 4.23 without).
+    pub fn disconnect(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .disconnected = true;
+        self.ready.notify_one();
     }
 
     /// Ignores further marks and forgets the pending ones.
@@ -91,7 +112,7 @@ mod tests {
         inbox.close();
         inbox.mark(&tape);
         let mut pending = Vec::new();
-        inbox.take(&mut pending);
+        assert!(!inbox.take(&mut pending));
         assert!(pending.is_empty());
     }
 

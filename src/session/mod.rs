@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Grant};
-use crate::disconnect::{Disconnects, Registration};
+use crate::disconnect::Disconnects;
 use crate::history::request::Sender as HistoryRequests;
 use crate::hub::Hub;
 use crate::inbox::{Batch, Inbox};
@@ -121,10 +121,11 @@ pub async fn run<S>(
     let settings = &shared.settings;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let inbox = Arc::new(Inbox::new());
-    let registration = grant
+    // Held for the session's life: the server API's disconnect finds it by its subject.
+    let _registration = grant
         .subject
         .as_deref()
-        .map(|subject| shared.disconnects.register(subject, id));
+        .map(|subject| shared.disconnects.register(subject, id, &inbox));
     let subs = Subscriptions::new(id, inbox.clone(), shared.hub.clone(), settings.limits);
     let mut requests = Requests::new(
         subs,
@@ -159,18 +160,7 @@ pub async fn run<S>(
     )
     .await
     {
-        Ok(()) => {
-            let registration = registration.as_ref();
-            serve(
-                &mut ws,
-                &inbox,
-                &mut batch,
-                &mut requests,
-                registration,
-                &shared,
-            )
-            .await
-        }
+        Ok(()) => serve(&mut ws, &inbox, &mut batch, &mut requests, &shared).await,
         Err(WriteError::Stuck) => End::SlowConsumer,
         Err(WriteError::Broken) => End::Gone,
     };
@@ -222,7 +212,6 @@ async fn serve<S>(
     inbox: &Inbox,
     batch: &mut Batch,
     requests: &mut Requests,
-    registration: Option<&Registration>,
     shared: &Shared,
 ) -> End
 where
@@ -239,13 +228,7 @@ where
     // fresh one per turn would cost two locks of one process-wide mutex per delivery batch.
     let drain = shared.drain.cancelled();
     tokio::pin!(drain);
-    let disconnected = async {
-        match registration {
-            Some(registration) => registration.disconnected().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(disconnected);
+
     // The tapes the inbox marked, taken each turn; the buffer is reused.
     let mut tapes = Vec::new();
     // A subscribe whose `ok` waits for Redis. Meanwhile neither client frames (replies
@@ -264,7 +247,6 @@ where
                 continue;
             }
             _ = sleep_until(close_at), if close_at.is_some() => return End::GoingAway,
-            _ = &mut disconnected => return End::Disconnected,
             _ = sleep_until(expires_at), if expires_at.is_some() => return End::TokenExpired,
             (pending, answers) = wait(&mut waiting), if waiting.is_some() => {
                 waiting = None;
@@ -317,7 +299,9 @@ where
                 send_all(ws, [Message::Ping(Default::default())], settings.write_timeout).await
             }
             _ = inbox.ready(), if waiting.is_none() => {
-                inbox.take(&mut tapes);
+                if inbox.take(&mut tapes) {
+                    return End::Disconnected;
+                }
                 requests.subs.read(&mut tapes, batch);
                 shared.metrics.dropped_queue_full.inc_by(std::mem::take(&mut batch.missed));
                 send_batch(ws, &mut batch.frames, settings.write_timeout).await

@@ -399,7 +399,7 @@ mod tests {
         /// Reads; returns (missed, whether it had been told of news).
         pub(super) fn read(&mut self, tape: &Tape) -> (u64, bool) {
             let mut pending = Vec::new();
-            self.inbox.take(&mut pending);
+            let _ = self.inbox.take(&mut pending);
             let missed = tape.read(&mut self.cursor, self.id, &self.inbox, &mut self.out);
             (missed, !pending.is_empty())
         }
@@ -434,7 +434,7 @@ mod tests {
         tape.publish(frames(&["1"]));
         tape.publish(frames(&["2"]));
         let mut pending = Vec::new();
-        reader.inbox.take(&mut pending);
+        let _ = reader.inbox.take(&mut pending);
         assert_eq!(pending.len(), 1, "told once, not once per publication");
         tape.read(&mut reader.cursor, 1, &reader.inbox, &mut reader.out);
         assert_eq!(texts(&reader.out), ["1", "2"]);
