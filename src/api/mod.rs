@@ -82,6 +82,8 @@ impl Endpoint {
 pub struct Refusal {
     status: StatusCode,
     reason: String,
+    /// The method to use instead (405's `Allow`).
+    allow: Option<Method>,
 }
 
 impl Refusal {
@@ -89,6 +91,7 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            allow: None,
         }
     }
 
@@ -139,10 +142,10 @@ impl Api {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "no such endpoint"));
         };
         if request.method() != method {
-            return Err(Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("use {method}"),
-            ));
+            return Err(Refusal {
+                allow: Some(method.clone()),
+                ..Refusal::new(StatusCode::METHOD_NOT_ALLOWED, format!("use {method}"))
+            });
         }
         let query = request.uri().query().unwrap_or_default().to_owned();
         match endpoint {
@@ -237,19 +240,14 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
     let mut response = json_response(refusal.status, &json!({"error": refusal.reason}));
     let headers = response.headers_mut();
-    match refusal.status {
-        StatusCode::UNAUTHORIZED => {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = if refusal.reason.contains("POST") {
-                "POST"
-            } else {
-                "GET"
-            };
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        _ => {}
+    if refusal.status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(allow) = refusal
+        .allow
+        .and_then(|m| HeaderValue::from_str(m.as_str()).ok())
+    {
+        headers.insert(header::ALLOW, allow);
     }
     response
 }
