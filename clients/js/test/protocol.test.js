@@ -8,12 +8,16 @@ import { Herald } from "../src/herald.js";
 import { eventually } from "./support.js";
 
 const servers = [];
+const clients = [];
 after(() => {
+  for (const c of clients) c.close();
   for (const s of servers) {
     for (const ws of s.clients) ws.terminate();
     s.close();
   }
 });
+
+const track = (c) => (clients.push(c), c);
 
 /** A WebSocket server on a free port; `script(ws, frames)` plays the server's part. */
 async function fakeHerald(script) {
@@ -45,7 +49,7 @@ test("an offset already seen is dropped: each publication reaches the handler on
       for (const n of [1, 2, 2, 3, 1, 4, 3, 5]) send(ws, { op: "message", channel: "c", data: n, offset: `e:${n}` });
     });
   });
-  const c = new Herald(url, { WebSocket });
+  const c = track(new Herald(url, { WebSocket }));
   const got = [];
   c.subscribe("c", (data, meta) => got.push([data, meta.offset]));
   c.connect();
@@ -72,7 +76,7 @@ test("`lagged` on a history channel: frames past the hole wait; unsubscribe, the
     });
     onFrame(ws, "unsubscribe", (f) => setTimeout(() => send(ws, { op: "ok", id: f.id, channels: [] }), 50));
   });
-  const c = new Herald(url, { WebSocket });
+  const c = track(new Herald(url, { WebSocket }));
   const got = [];
   const lagged = [];
   c.on("lagged", (e) => lagged.push(e));
@@ -99,7 +103,7 @@ test("a resume answered `recovered:false` is reported as a gap", async () => {
       }
     });
   });
-  const c = new Herald(url, { WebSocket, minReconnectDelay: 20, maxReconnectDelay: 50 });
+  const c = track(new Herald(url, { WebSocket, minReconnectDelay: 20, maxReconnectDelay: 50 }));
   const gaps = [];
   const sinces = [];
   c.on("gap", (e) => gaps.push(e.channel));
@@ -114,7 +118,7 @@ test("a resume answered `recovered:false` is reported as a gap", async () => {
 test("liveness: silence after a `ping` counts as a dead socket and the client reconnects", async () => {
   // This server never answers a ping: the one a dead network would never deliver.
   const { url, connections } = await fakeHerald(() => {});
-  const c = new Herald(url, { WebSocket, pingInterval: 100, pongTimeout: 100, minReconnectDelay: 20, maxReconnectDelay: 50 });
+  const c = track(new Herald(url, { WebSocket, pingInterval: 100, pongTimeout: 100, minReconnectDelay: 20, maxReconnectDelay: 50 }));
   const errors = [];
   c.on("error", (e) => errors.push(e));
   c.connect();
@@ -126,9 +130,36 @@ test("liveness: silence after a `ping` counts as a dead socket and the client re
 
 test("a pong, or any frame, keeps the connection", async () => {
   const { url, connections } = await fakeHerald((ws) => onFrame(ws, "ping", () => send(ws, { op: "pong" })));
-  const c = new Herald(url, { WebSocket, pingInterval: 50, pongTimeout: 100 });
+  const c = track(new Herald(url, { WebSocket, pingInterval: 50, pongTimeout: 100 }));
   c.connect();
   await eventually(() => (connections[0]?.length ?? 0) >= 5, { what: "five pings" });
   c.close();
   assert.equal(connections.length, 1);
+});
+
+test("`online` after a drop retries at once instead of waiting out the backoff", async () => {
+  // Node has no window: stand one in for the `online` event the browser would fire.
+  const win = new EventTarget();
+  globalThis.addEventListener = win.addEventListener.bind(win);
+  globalThis.removeEventListener = win.removeEventListener.bind(win);
+  try {
+    const port = await (await import("./support.js")).freePort();
+    const c = track(new Herald(`ws://127.0.0.1:${port}/ws`, { WebSocket, minReconnectDelay: 30000, maxReconnectDelay: 60000 }));
+    const states = [];
+    c.on("state", (s) => states.push(s));
+    c.connect(); // nothing listens yet: the retry is scheduled 30-60 s out
+    await eventually(() => states.includes("disconnected"), { what: "the failed first attempt" });
+    const server = new WebSocketServer({ host: "127.0.0.1", port });
+    servers.push(server);
+    server.on("connection", (ws) => send(ws, { op: "welcome", session: "s", heartbeat: 25, channels: [] }));
+    await new Promise((r) => server.on("listening", r));
+    const t0 = Date.now();
+    win.dispatchEvent(new Event("online"));
+    await eventually(() => c.state === "connected", { timeout: 2000, what: "connected right after `online`" });
+    assert.ok(Date.now() - t0 < 2000);
+    c.close();
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
 });
