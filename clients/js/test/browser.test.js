@@ -9,7 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serve } from "../examples/serve.js";
-import { startRedis, startHerald, Resp, eventually, metric, ensureChromium } from "./support.js";
+import { startStack, stopStack, eventually, metric, ensureChromium } from "./support.js";
 
 const out = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../test-output");
 let redis, herald, pub, web, browser;
@@ -17,16 +17,12 @@ let redis, herald, pub, web, browser;
 after(async () => {
   await browser?.close();
   web?.close();
-  pub?.close();
-  await herald?.stop();
-  await redis?.stop();
+  await stopStack({ redis, herald, pub });
 });
 
 test("the demo page survives a Herald restart without losing or repeating a message", { timeout: 120000 }, async () => {
   const executablePath = ensureChromium();
-  redis = await startRedis();
-  herald = await startHerald(redis, { history: "demo:*=1000/10m" });
-  pub = await Resp.connect(redis.port);
+  ({ redis, herald, pub } = await startStack({ history: "demo:*=1000/10m" }));
   web = await serve(0);
   browser = await chromium.launch({ executablePath, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
   const page = await browser.newPage({ viewport: { width: 900, height: 1000 } });

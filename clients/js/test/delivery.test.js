@@ -9,23 +9,13 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
 import { Herald } from "../src/herald.js";
-import { startRedis, startHerald, Resp, eventually, metric } from "./support.js";
+import { startStack, stopStack, startHerald, eventually, metric } from "./support.js";
 
 let redis, herald, pub;
 const clients = [];
 
-before(async () => {
-  redis = await startRedis();
-  herald = await startHerald(redis, { history: "h:*=5000/10m" });
-  pub = await Resp.connect(redis.port);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  pub?.close();
-  await herald?.stop();
-  await redis?.stop();
-});
+before(async () => ({ redis, herald, pub } = await startStack({ history: "h:*=5000/10m" })));
+after(() => stopStack({ redis, herald, pub }, clients));
 
 function client(url = herald.url, options = {}) {
   const c = new Herald(url, { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 500, ...options });

@@ -5,20 +5,13 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { Herald } from "../src/herald.js";
-import { startRedis, startHerald, Resp, eventually, sleep } from "./support.js";
+import { startStack, stopStack, eventually, sleep } from "./support.js";
 
 let redis, herald, pub, c;
-after(async () => {
-  c?.close();
-  pub?.close();
-  await herald?.stop();
-  await redis?.stop();
-});
+after(() => stopStack({ redis, herald, pub }, [c].filter(Boolean)));
 
 test("Herald killed and restarted during 2,000 publications: each delivered once, in order", async (t) => {
-  redis = await startRedis();
-  herald = await startHerald(redis, { history: "h:*=5000/10m" });
-  pub = await Resp.connect(redis.port);
+  ({ redis, herald, pub } = await startStack({ history: "h:*=5000/10m" }));
 
   c = new Herald(herald.url, { WebSocket, minReconnectDelay: 100, maxReconnectDelay: 1000 });
   const got = [];

@@ -269,3 +269,19 @@ export function ensureChromium() {
   run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"]);
   return bin;
 }
+
+/** A redis-server, a Herald on it (`startHerald`'s options) and a publisher connection. */
+export async function startStack(heraldOptions) {
+  const redis = await startRedis();
+  const herald = await startHerald(redis, heraldOptions);
+  const pub = await Resp.connect(redis.port);
+  return { redis, herald, pub };
+}
+
+/** Closes `clients`, then what `startStack` started (any part may be missing). */
+export async function stopStack({ redis, herald, pub } = {}, clients = []) {
+  for (const c of clients) c.close();
+  pub?.close();
+  await herald?.stop();
+  await redis?.stop();
+}

@@ -6,23 +6,14 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { Herald } from "../src/herald.js";
-import { startRedis, startHerald, Resp, eventually, sleep, jwt } from "./support.js";
+import { startStack, stopStack, eventually, sleep, jwt } from "./support.js";
 
 const SECRET = "herald-js-test-secret-0123456789abcdef";
 let redis, herald, pub;
 const clients = [];
 
-before(async () => {
-  redis = await startRedis();
-  herald = await startHerald(redis, { jwtSecret: SECRET });
-  pub = await Resp.connect(redis.port);
-});
-after(async () => {
-  for (const c of clients) c.close();
-  pub?.close();
-  await herald?.stop();
-  await redis?.stop();
-});
+before(async () => ({ redis, herald, pub } = await startStack({ jwtSecret: SECRET })));
+after(() => stopStack({ redis, herald, pub }, clients));
 
 const now = () => Math.floor(Date.now() / 1000);
 const token = (sub, life) => jwt(SECRET, { sub, iat: now(), exp: now() + life, channels: ["t:*"] });
