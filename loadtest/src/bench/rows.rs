@@ -474,14 +474,16 @@ fn connect() -> Section {
     }
 }
 
+/// A time at `pointer` in a run's result; a run that never got there has null, which is
+/// the worst possible value (a run without a result has none at all).
+fn or_never(pointer: &'static str) -> impl Fn(&Value) -> Option<f64> {
+    move |v: &Value| {
+        v.pointer("/result")?;
+        Some(at(v, pointer).unwrap_or(f64::INFINITY))
+    }
+}
+
 fn outage() -> Section {
-    // A run that never recovered has null here: that is the worst possible value.
-    let or_never = |pointer: &'static str| {
-        move |v: &Value| {
-            v.pointer("/result")?;
-            Some(at(v, pointer).unwrap_or(f64::INFINITY))
-        }
-    };
     let rows = vec![
         row(
             "Redis down (SHUTDOWN to answering PING)",
@@ -556,13 +558,6 @@ fn fanout_history() -> Section {
 }
 
 fn resume() -> Section {
-    // A wave that never ended has null here: the worst possible value.
-    let or_never = |pointer: &'static str| {
-        move |v: &Value| {
-            v.pointer("/result")?;
-            Some(at(v, pointer).unwrap_or(f64::INFINITY))
-        }
-    };
     let wave = |pointer: &'static str| move |v: &Value| at(v, &format!("/result/wave/{pointer}"));
     let failed = |v: &Value| {
         let failed = v.pointer("/result/wave/failed")?.as_object()?;
