@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
 use ::redis::RedisResult;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -43,9 +42,10 @@ pub struct Presence {
     instances: String,
     prefix_key: String,
     instance: String,
-    /// What the hash holds, as last written (`None`: rewrite it whole).
-    written: Mutex<Option<HashMap<String, u64>>>,
 }
+
+/// What this instance's hash holds, as last written (`None`: rewrite it whole).
+type Written = Option<HashMap<String, u64>>;
 
 impl Presence {
     pub fn new(
@@ -66,7 +66,6 @@ impl Presence {
             instances: format!("{prefix_key}instances"),
             prefix_key,
             instance,
-            written: Mutex::new(None),
         }
     }
 
@@ -75,6 +74,7 @@ impl Presence {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut written: Written = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -83,14 +83,14 @@ impl Presence {
             if !self.readiness.is_redis_up() {
                 continue;
             }
-            match self.write().await {
+            match self.write(&mut written).await {
                 Ok(()) => failing = false,
                 Err(e) => {
                     // Once per failing stretch: Redis being down is logged elsewhere.
                     if !std::mem::replace(&mut failing, true) {
                         warn!(error = %e, "could not write channel counts to redis");
                     }
-                    *self.written.lock().await = None;
+                    written = None;
                 }
             }
         }
@@ -105,10 +105,9 @@ impl Presence {
     }
 
     /// One round: what changed (or everything), and the expiry renewed.
-    async fn write(&self) -> RedisResult<()> {
+    async fn write(&self, written: &mut Written) -> RedisResult<()> {
         let mut conn = self.redis.clone();
         let ttl = (self.interval * 3).as_millis() as u64;
-        let mut written = self.written.lock().await;
         // Still there? A hash Redis lost (restart, eviction) must be written whole.
         let alive: bool = ::redis::cmd("PEXPIRE")
             .arg(&self.key)
