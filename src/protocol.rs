@@ -176,6 +176,9 @@ enum Reply<'a> {
         session: &'a str,
         heartbeat: u64,
         channels: &'a [&'a str],
+        /// As in `Ok`: where the connection stands on each history channel it holds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offsets: Option<Map<String, Value>>,
     },
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +187,11 @@ enum Reply<'a> {
         /// Only in replies to a subscribe with `since`: one boolean per channel named there.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<Map<String, Value>>,
+        /// Only in replies to a subscribe that joined history channels: per channel, the
+        /// offset the client's delivery starts after (an addition to contract 1.1 that
+        /// older clients ignore; see `ok_subscribed`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offsets: Option<Map<String, Value>>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,11 +216,26 @@ fn encode(reply: &Reply<'_>) -> String {
     serde_json::to_string(reply).expect("replies hold only strings and numbers")
 }
 
-pub fn welcome(session: &str, heartbeat_secs: u64, channels: &[&str]) -> String {
+pub fn welcome(
+    session: &str,
+    heartbeat_secs: u64,
+    channels: &[&str],
+    offsets: &[(String, String)],
+) -> String {
     encode(&Reply::Welcome {
         session,
         heartbeat: heartbeat_secs,
         channels,
+        offsets: offset_map(offsets),
+    })
+}
+
+fn offset_map(offsets: &[(String, String)]) -> Option<Map<String, Value>> {
+    (!offsets.is_empty()).then(|| {
+        offsets
+            .iter()
+            .map(|(channel, offset)| (channel.clone(), Value::String(offset.clone())))
+            .collect()
     })
 }
 
@@ -221,19 +244,33 @@ pub fn ok(id: &Id, channels: &[&str]) -> String {
         id,
         channels,
         recovered: None,
+        offsets: None,
     })
 }
 
-/// The `ok` to a subscribe with `since`, saying per channel whether it was recovered.
-pub fn ok_recovered(id: &Id, channels: &[&str], recovered: &[(String, bool)]) -> String {
-    let recovered = recovered
-        .iter()
-        .map(|(channel, ok)| (channel.clone(), Value::Bool(*ok)))
-        .collect();
+/// The `ok` to a subscribe: `recovered` per channel named in `since` (when any was), and
+/// `offsets` per history channel it joined whose position is known. The offset is where
+/// the client stands once the `ok` arrives: what it has (`since`, when recovered) or the
+/// last publication before its live stream. Without it a client that lost its connection
+/// before the first publication arrived had no offset to resume from, and lost what was
+/// published meanwhile without being told.
+pub fn ok_subscribed(
+    id: &Id,
+    channels: &[&str],
+    recovered: &[(String, bool)],
+    offsets: &[(String, String)],
+) -> String {
+    let recovered = (!recovered.is_empty()).then(|| {
+        recovered
+            .iter()
+            .map(|(channel, ok)| (channel.clone(), Value::Bool(*ok)))
+            .collect()
+    });
     encode(&Reply::Ok {
         id,
         channels,
-        recovered: Some(recovered),
+        recovered,
+        offsets: offset_map(offsets),
     })
 }
 
@@ -333,7 +370,7 @@ mod tests {
     #[test]
     fn replies_match_the_contract() {
         assert_eq!(
-            welcome("s1", 25, &["a"]),
+            welcome("s1", 25, &["a"], &[]),
             r#"{"op":"welcome","session":"s1","heartbeat":25,"channels":["a"]}"#
         );
         assert_eq!(
@@ -342,8 +379,17 @@ mod tests {
         );
         assert_eq!(pong(&None), r#"{"op":"pong"}"#);
         assert_eq!(
-            ok_recovered(&Some(json!(2)), &["a"], &[("a".into(), true)]),
+            ok_subscribed(&Some(json!(2)), &["a"], &[("a".into(), true)], &[]),
             r#"{"op":"ok","id":2,"channels":["a"],"recovered":{"a":true}}"#
+        );
+        assert_eq!(
+            ok_subscribed(
+                &Some(json!(3)),
+                &["a", "b"],
+                &[],
+                &[("b".into(), "7:0".into())]
+            ),
+            r#"{"op":"ok","id":3,"channels":["a","b"],"offsets":{"b":"7:0"}}"#
         );
         assert_eq!(gap("a"), r#"{"op":"gap","channel":"a"}"#);
         assert_eq!(

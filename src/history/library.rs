@@ -29,7 +29,8 @@ pub fn keys(channel: &str) -> (String, String) {
     )
 }
 
-/// An `after` beyond any offset: `herald_history` then answers epoch and top only.
+/// An `after` beyond any offset: `herald_history` then answers epoch and top only, and a
+/// subscriber's read uses `herald_anchor` instead (see there).
 pub const TOP_ONLY: u64 = 9_007_199_254_740_991;
 
 /// The library's source for this prefix and these rules.
@@ -80,14 +81,8 @@ local function number_of(id)
   return tonumber(string.match(id, '^(%d+)'))
 end
 
-local function publish(keys, args)
-  local channel, payload = keys[1], args[1]
-  local rule = rule_for(channel)
-  if not rule then
-    redis.call('PUBLISH', channel, payload)
-    return nil
-  end
-  local meta, stream = keys_of(channel)
+-- The channel's epoch, minted when its history has none.
+local function epoch_of(meta, stream)
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     -- A new life of this channel's history: numbering restarts, so any stream left
@@ -97,6 +92,18 @@ local function publish(keys, args)
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'e', epoch, 's', 0)
   end
+  return epoch
+end
+
+local function publish(keys, args)
+  local channel, payload = keys[1], args[1]
+  local rule = rule_for(channel)
+  if not rule then
+    redis.call('PUBLISH', channel, payload)
+    return nil
+  end
+  local meta, stream = keys_of(channel)
+  local epoch = epoch_of(meta, stream)
   local n = redis.call('HINCRBY', meta, 's', 1)
   redis.call('EXPIRE', meta, META_TTL)
   local now = now_ms()
@@ -136,7 +143,21 @@ local function history(keys, args)
   return out
 end
 
+-- {{epoch, top}} of a channel Herald starts to carry. A channel never published to gets
+-- its epoch now: its subscribers then hold an offset (<epoch>:0) from the start, and can
+-- resume across a drop before the first publication; a later loss of the history shows
+-- as a new epoch rather than passing unseen.
+local function anchor(keys, args)
+  local channel = keys[1]
+  if not rule_for(channel) then return {{false, 0}} end
+  local meta, stream = keys_of(channel)
+  local epoch = epoch_of(meta, stream)
+  redis.call('EXPIRE', meta, META_TTL)
+  return {{epoch, tonumber(redis.call('HGET', meta, 's'))}}
+end
+
 redis.register_function('herald_publish', publish)
+redis.register_function('herald_anchor', anchor)
 redis.register_function{{function_name = 'herald_history', callback = history, flags = {{'no-writes'}}}}
 "#
     )
@@ -170,14 +191,14 @@ mod tests {
     }
 
     #[test]
-    fn the_source_carries_prefix_rules_and_both_functions() {
+    fn the_source_carries_prefix_rules_and_every_function() {
         let rules = Rules::parse("chat:*=300/5m").unwrap();
         let source = source("app.", &rules);
         assert!(source.starts_with("#!lua name=herald\n"));
         assert!(source.contains("local PREFIX = 'app.'"));
         assert!(source.contains("{'^chat%:.*$', 300, 300000}"));
         assert!(source.contains(r"local ENVELOPE = '\0\104\101"));
-        for function in ["'herald_publish'", "'herald_history'"] {
+        for function in ["'herald_publish'", "'herald_history'", "'herald_anchor'"] {
             assert!(source.contains(function), "{function}");
         }
     }

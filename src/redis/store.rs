@@ -1,5 +1,6 @@
 //! The command connection beside the subscriber: loads the `herald` function library and
-//! reads history (`FCALL_RO herald_history`), pipelined in batches.
+//! reads history (`FCALL_RO herald_history`) and anchors channels (`FCALL herald_anchor`),
+//! pipelined in batches.
 //!
 //! Publishing and subscribing never share a connection (on Redis 7.0 a RESP3 client that
 //! publishes to a channel it subscribes gets the push before the reply: research notes 4.6).
@@ -11,7 +12,7 @@ use redis::Value;
 
 use super::reconcile::{BatchError, BATCH};
 use crate::channel::{Name, Prefix};
-use crate::history::library;
+use crate::history::library::{self, TOP_ONLY};
 use crate::history::sequence::Read;
 use crate::history::{Epoch, Rules};
 use crate::payload;
@@ -60,8 +61,8 @@ impl Store {
         Ok(!listed.is_empty())
     }
 
-    /// Reads each channel's kept entries after its number (`library::TOP_ONLY`: only the
-    /// epoch and top), encoding every entry once as the frame its subscribers share.
+    /// Reads each channel's kept entries after its number (`TOP_ONLY`: anchors it, minting
+    /// its epoch when it has none, and reads only the epoch and top), encoding every entry once as the frame its subscribers share.
     pub async fn read(
         &mut self,
         prefix: &Prefix,
@@ -71,8 +72,12 @@ impl Store {
         for batch in wanted.chunks(BATCH) {
             let mut pipe = redis::pipe();
             for (name, after) in batch {
-                pipe.cmd("FCALL_RO")
-                    .arg("herald_history")
+                let (command, function) = match *after {
+                    TOP_ONLY => ("FCALL", "herald_anchor"),
+                    _ => ("FCALL_RO", "herald_history"),
+                };
+                pipe.cmd(command)
+                    .arg(function)
                     .arg(1)
                     .arg(prefix.to_redis(name))
                     .arg(*after);

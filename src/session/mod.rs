@@ -151,7 +151,12 @@ pub async fn run<S>(
 
     let session = format!("{:08x}-{id:x}", shared.instance);
     let heartbeat_secs = settings.heartbeat.as_secs_f64().ceil().max(1.0) as u64;
-    let welcome = protocol::welcome(&session, heartbeat_secs, &requests.subs.names());
+    let welcome = protocol::welcome(
+        &session,
+        heartbeat_secs,
+        &requests.subs.names(),
+        &requests.subs.offsets(),
+    );
     let mut batch = Batch::default();
     let end = match send_all(
         &mut ws,

@@ -31,9 +31,17 @@ pub struct Pending {
     id: Id,
     /// History frames of channels already joined while others read again.
     ready: Vec<Frame>,
-    /// One entry per channel named in `since`, in the request's order; `None` until known.
-    recovered: Vec<(String, Option<bool>)>,
+    /// Each channel joined that is named in `since` or keeps history: the `ok` says
+    /// whether the first were recovered, and where the client stands on the second.
+    channels: Vec<Joining>,
     waits: Vec<Wait>,
+}
+
+struct Joining {
+    tape: Arc<Tape>,
+    since: Option<Position>,
+    /// For a channel named in `since`: whether it was recovered, once known.
+    recovered: Option<bool>,
 }
 
 struct Wait {
@@ -63,24 +71,29 @@ pub fn plan(
     history: &Sender,
     metrics: &Metrics,
 ) -> Result<String, Pending> {
-    let mut recovered: Vec<(String, Option<bool>)> = Vec::with_capacity(since.len());
+    let mut channels = Vec::new();
     let mut waits = Vec::new();
     for tape in joined {
         let asked = since.iter().find(|(name, _)| **name == **tape.name());
+        if asked.is_some() || tape.is_history() {
+            channels.push(Joining {
+                tape: tape.clone(),
+                since: asked.map(|(_, position)| position.clone()),
+                recovered: None,
+            });
+        }
+        let mut known = |recovered| channels.last_mut().expect("pushed").recovered = recovered;
         let need = match asked {
-            Some((name, position)) => match subs.resume(tape, position) {
+            Some((_, position)) => match subs.resume(tape, position) {
                 Resume::Recovered => {
-                    recovered.push((name.clone(), Some(true)));
+                    known(Some(true));
                     continue;
                 }
                 Resume::NotRecovered => {
-                    recovered.push((name.clone(), Some(false)));
+                    known(Some(false));
                     continue;
                 }
-                Resume::NeedRedis => {
-                    recovered.push((name.clone(), None));
-                    Need::After(position.n)
-                }
+                Resume::NeedRedis => Need::After(position.n),
             },
             None if tape.is_history() && !tape.is_settled() => Need::Settled,
             None => continue,
@@ -96,7 +109,7 @@ pub fn plan(
     let pending = Pending {
         id,
         ready: Vec::new(),
-        recovered,
+        channels,
         waits,
     };
     if pending.waits.is_empty() {
@@ -169,12 +182,12 @@ impl Pending {
                 }
                 Joined::Behind(..) | Joined::Hole => false,
             };
-            if let Some(slot) = self
-                .recovered
+            if let Some(channel) = self
+                .channels
                 .iter_mut()
-                .find(|(name, known)| known.is_none() && **name == **wait.tape.name())
+                .find(|c| c.recovered.is_none() && Arc::ptr_eq(&c.tape, &wait.tape))
             {
-                slot.1 = Some(ok);
+                channel.recovered = Some(ok);
             }
         }
         if !again.is_empty() {
@@ -191,8 +204,8 @@ impl Pending {
     }
 
     fn count(&self, metrics: &Metrics) {
-        for (_, known) in &self.recovered {
-            match known {
+        for channel in self.channels.iter().filter(|c| c.since.is_some()) {
+            match channel.recovered {
                 Some(true) => metrics.recoveries_recovered.inc(),
                 _ => metrics.recoveries_not_recovered.inc(),
             }
@@ -200,14 +213,31 @@ impl Pending {
     }
 
     fn reply(&self, subs: &Subscriptions) -> String {
-        if self.recovered.is_empty() {
-            return protocol::ok(&self.id, &subs.names());
+        let mut recovered = Vec::new();
+        let mut offsets = Vec::new();
+        for Joining {
+            tape,
+            since,
+            recovered: known,
+        } in &self.channels
+        {
+            let name = tape.name().to_string();
+            if since.is_some() {
+                recovered.push((name.clone(), known.unwrap_or(false)));
+            }
+            if !tape.is_history() {
+                continue;
+            }
+            // A recovered channel stands where the client said; any other starts live at
+            // its cursor (a resume that failed included: that is its new starting point).
+            let at = match since {
+                Some(since) if *known == Some(true) => Some(since.clone()),
+                _ => subs.offset(tape),
+            };
+            if let Some(at) = at {
+                offsets.push((name, at.to_string()));
+            }
         }
-        let recovered: Vec<(String, bool)> = self
-            .recovered
-            .iter()
-            .map(|(name, known)| (name.clone(), known.unwrap_or(false)))
-            .collect();
-        protocol::ok_recovered(&self.id, &subs.names(), &recovered)
+        protocol::ok_subscribed(&self.id, &subs.names(), &recovered, &offsets)
     }
 }

@@ -99,6 +99,24 @@ impl Subscriptions {
         tape.resume_with(cursor, self.session, &self.inbox, since, read)
     }
 
+    /// Where this connection stands on history channel `tape`; see `Tape::offset_at`.
+    pub fn offset(&self, tape: &Arc<Tape>) -> Option<Position> {
+        let at = self.position(tape).ok()?;
+        tape.offset_at(self.held[at].1)
+    }
+
+    /// `offset` for every history channel held, by name (for the `welcome`, before the
+    /// connection read anything).
+    pub fn offsets(&self) -> Vec<(String, String)> {
+        self.held
+            .iter()
+            .filter_map(|(tape, cursor)| {
+                let at = tape.offset_at(*cursor)?;
+                Some((tape.name().to_string(), at.to_string()))
+            })
+            .collect()
+    }
+
     /// Unsubscribes; names not held are ignored.
     pub fn unsubscribe(&mut self, names: &[impl AsRef<str>]) {
         for name in names {

@@ -102,6 +102,27 @@ impl Tape {
         }
     }
 
+    /// The offset a subscriber at `cursor` stands after: the publication before the first
+    /// one it will read. `None` when that cannot be said: no history, not settled, frames
+    /// it has not read fell off, or a `gap` lies ahead of it (its numbers may belong to
+    /// another epoch than the sequence's, and a resume from before it would hide the gap).
+    pub fn offset_at(&self, cursor: Cursor) -> Option<Position> {
+        let state = self.lock();
+        let sequence = state.sequence.as_ref().filter(|s| s.is_settled())?;
+        let epoch = sequence.epoch()?.clone();
+        let from = cursor.checked_sub(state.first)? as usize;
+        let mut ahead = state.frames.range(from.min(state.frames.len())..);
+        let n = loop {
+            match ahead.next() {
+                None => break sequence.next()? - 1,
+                Some(entry) if entry.number != 0 => break entry.number - 1,
+                Some(entry) if !entry.frame.is_publication() => return None, // a gap
+                Some(_) => {} // a plain publication: numbers nothing
+            }
+        };
+        Some(Position { epoch, n })
+    }
+
     /// Sets the cursor of `session` (which just joined) right after `since`, when the
     /// tape still holds what followed it.
     pub fn resume(
@@ -416,5 +437,28 @@ mod tests {
         assert_eq!(filled, expected, "4 arrived live: history supplies 2 and 3");
         reader.read(&tape);
         assert_eq!(texts(&reader.out), ["1", "2", "3", "4", "5"]);
+    }
+
+    #[test]
+    fn the_offset_at_a_cursor_is_the_publication_before_what_it_reads_next() {
+        let (tape, mut reader) = anchored(8, 8, 4);
+        assert_eq!(
+            tape.offset_at(reader.cursor),
+            Some(at(4)),
+            "at the head: the top"
+        );
+        tape.publish(kept(5..=6));
+        assert_eq!(
+            tape.offset_at(reader.cursor),
+            Some(at(4)),
+            "5 is still to read"
+        );
+        reader.read(&tape);
+        assert_eq!(tape.offset_at(reader.cursor), Some(at(6)));
+        // A gap ahead (here: a number skipped) leaves the offset unknown.
+        tape.publish(kept([8]));
+        assert_eq!(tape.offset_at(reader.cursor), None);
+        reader.read(&tape);
+        assert_eq!(tape.offset_at(reader.cursor), Some(at(8)));
     }
 }

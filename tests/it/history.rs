@@ -23,11 +23,11 @@ use crate::support::client::Frame;
 use crate::support::{eventually, secs, Client, Gateway, Proxy, Redis};
 
 /// FAST_REDIS and `--history rules`.
-fn history_args(rules: &str) -> Vec<&str> {
+pub fn history_args(rules: &str) -> Vec<&str> {
     [FAST_REDIS, &["--history", rules]].concat()
 }
 
-async fn start_with_history(rules: &str) -> (Redis, Gateway) {
+pub async fn start_with_history(rules: &str) -> (Redis, Gateway) {
     let redis = Redis::start().await;
     let gw = Gateway::start(&redis.url(), &history_args(rules)).await;
     gw.wait_ready(secs(10)).await;
@@ -1372,7 +1372,7 @@ impl Offset {
 }
 
 /// The offset `herald_publish` returned; nil means the channel had no history.
-fn offset_of(reply: Option<String>) -> Offset {
+pub fn offset_of(reply: Option<String>) -> Offset {
     Offset::parse(&reply.expect("herald_publish returned nil: not a history channel?"))
 }
 
@@ -1424,7 +1424,7 @@ async fn next_json(client: &mut Client, what: &str) -> Value {
 }
 
 /// The next frame must be a publication with an offset on `channel`.
-async fn next_publication(client: &mut Client, channel: &str) -> Received {
+pub async fn next_publication(client: &mut Client, channel: &str) -> Received {
     let frame = next_json(client, &format!("a publication on {channel}")).await;
     Received::from_frame(&frame, channel).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -13,6 +13,7 @@ mod flood;
 mod history;
 mod intake;
 mod metrics;
+mod offsets;
 mod payload;
 mod redis_loss;
 mod redis_tls;

@@ -286,6 +286,7 @@ export class Herald {
     }
     switch (f.op) {
       case "welcome":
+        this.#takeOffsets(f.offsets);
         return this.#onWelcome();
       case "message":
         return this.#onMessage(f);
@@ -363,6 +364,7 @@ export class Herald {
     if (Object.keys(since).length) frame.since = since;
     this.#request(frame, (reply) => {
       if (reply.op === "error") return this.#onSubscribeRefused(names, since, reply);
+      this.#takeOffsets(reply.offsets);
       for (const name of names) {
         const ch = this.#channels.get(name);
         if (!ch) continue;
@@ -374,6 +376,19 @@ export class Herald {
         this.#emit("subscribed", { channel: name, recovered });
       }
     });
+  }
+
+  /**
+   * Where Herald says we stand on each history channel we just joined: our resume point
+   * from now on, even before the first publication arrives (a drop then still resumes).
+   * Publications after it carry later offsets, so it never moves us back.
+   */
+  #takeOffsets(offsets) {
+    if (!offsets || typeof offsets !== "object") return;
+    for (const [name, offset] of Object.entries(offsets)) {
+      const ch = this.#channels.get(name);
+      if (ch && typeof offset === "string") ch.offset = offset;
+    }
   }
 
   #onSubscribeRefused(names, since, reply) {

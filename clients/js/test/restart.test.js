@@ -66,3 +66,33 @@ test("Herald killed and restarted during 2,000 publications: each delivered once
   assert.equal(got.length, N, "nothing twice");
   assert.deepEqual(got, Array.from({ length: N }, (_, i) => i), "in order");
 });
+
+test("a drop before the first publication loses nothing: the `ok`'s offset is the resume point", async () => {
+  // A stack of its own: the test above leaves its Herald as it was.
+  const stack = await startStack({ history: "h:*=5000/10m" });
+  const quiet = new Herald(stack.herald.url, { WebSocket, minReconnectDelay: 100, maxReconnectDelay: 1000 });
+  try {
+    const got = [];
+    const gaps = [];
+    const resumes = [];
+    quiet.on("gap", (e) => gaps.push(e));
+    quiet.on("subscribed", (e) => resumes.push(e.recovered));
+    quiet.subscribe("h:quiet", (data) => got.push(data.n));
+    const ready = new Promise((r) => quiet.on("subscribed", () => r()));
+    quiet.connect();
+    await ready;
+    // Nothing was ever published here; Herald goes away and three are published meanwhile.
+    await stack.herald.kill();
+    for (const n of [1, 2, 3]) {
+      await stack.pub.command("FCALL", "herald_publish", 1, "h:quiet", JSON.stringify({ n }));
+    }
+    await stack.herald.start();
+    await eventually(() => got.length >= 3, { timeout: 15000, what: "the three published during the outage", describe: () => `got ${got}` });
+    assert.deepEqual(got, [1, 2, 3]);
+    assert.deepEqual(resumes, [undefined, true], "the reconnect resumed from the ok's offset");
+    assert.deepEqual(gaps, []);
+  } finally {
+    quiet.close();
+    await stopStack(stack);
+  }
+});
