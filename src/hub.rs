@@ -174,7 +174,7 @@ impl Hub {
         self.changed.notified().await
     }
 
-    fn mark_dirty(&self, name: &Name) {
+    pub fn mark_dirty(&self, name: &Name) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         // Read under the lock `track_changes` takes: a mark is never lost between a
         // connection's start and its snapshot.

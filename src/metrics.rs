@@ -3,7 +3,8 @@
 //! No label takes its values from channel names or clients: cardinality stays fixed.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Handles to every family; cheap to clone (each is an `Arc` inside).
@@ -40,6 +41,9 @@ pub struct Metrics {
     /// Server API requests by endpoint (`publish`, `channels`, `channel`, `disconnect`,
     /// `other`) and HTTP status: both label sets are fixed.
     pub api_requests: IntCounterVec,
+    /// On a Redis Cluster, 1 per master (`node`: host:port) while Herald's link to it is
+    /// up: bounded by the number of masters.
+    pub redis_node_connected: IntGaugeVec,
     registry: Registry,
 }
 
@@ -98,6 +102,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(api_requests.clone()))?;
 
+        let redis_node_connected = IntGaugeVec::new(
+            Opts::new(
+                "herald_redis_node_connected",
+                "On a Redis Cluster: 1 while the subscriber link to this master is up.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(redis_node_connected.clone()))?;
         Ok(Metrics {
             connections: gauge("herald_connections", "Open WebSocket connections.")?,
             connections_total: counter(
@@ -134,8 +146,16 @@ impl Metrics {
             )?,
             gaps_total: counter("herald_gaps_total", "gap frames sent to clients.")?,
             api_requests,
+            redis_node_connected,
             registry,
         })
+    }
+
+    /// Records whether the cluster link to `node` is up.
+    pub fn set_node_connected(&self, node: &str, up: bool) {
+        self.redis_node_connected
+            .with_label_values(&[node])
+            .set(i64::from(up));
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every family.

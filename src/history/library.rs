@@ -33,8 +33,11 @@ pub fn keys(channel: &str) -> (String, String) {
 /// subscriber's read uses `herald_anchor` instead (see there).
 pub const TOP_ONLY: u64 = 9_007_199_254_740_991;
 
-/// The library's source for this prefix and these rules.
-pub fn source(prefix: &str, rules: &Rules) -> String {
+/// The library's source for this prefix and these rules; `sharded` (a Redis Cluster):
+/// publications go out with SPUBLISH, to the shard channel Herald subscribes with
+/// SSUBSCRIBE on the master that runs the function (the channel's slot, the keys' too).
+pub fn source(prefix: &str, rules: &Rules, sharded: bool) -> String {
+    let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
     let mut table = String::new();
     for rule in rules.iter() {
         table.push_str(&format!(
@@ -57,6 +60,7 @@ local RULES = {{
 {table}}}
 local META_TTL = {META_TTL_SECS}
 local ENVELOPE = '{envelope}'
+local PUBLISH = '{publish}'
 
 local function rule_for(channel)
   if string.sub(channel, 1, #PREFIX) ~= PREFIX then return nil end
@@ -99,7 +103,7 @@ local function publish(keys, args)
   local channel, payload = keys[1], args[1]
   local rule = rule_for(channel)
   if not rule then
-    redis.call('PUBLISH', channel, payload)
+    redis.call(PUBLISH, channel, payload)
     return nil
   end
   local meta, stream = keys_of(channel)
@@ -118,7 +122,7 @@ local function publish(keys, args)
   if cut then redis.call('XTRIM', stream, 'MINID', string.format('%d-0', cut)) end
   redis.call('PEXPIRE', stream, rule[3])
   local offset = epoch .. ':' .. string.format('%d', n)
-  redis.call('PUBLISH', channel, ENVELOPE .. offset .. '\0' .. payload)
+  redis.call(PUBLISH, channel, ENVELOPE .. offset .. '\0' .. payload)
   return offset
 end
 
@@ -193,11 +197,13 @@ mod tests {
     #[test]
     fn the_source_carries_prefix_rules_and_every_function() {
         let rules = Rules::parse("chat:*=300/5m").unwrap();
-        let source = source("app.", &rules);
+        let source = source("app.", &rules, false);
         assert!(source.starts_with("#!lua name=herald\n"));
         assert!(source.contains("local PREFIX = 'app.'"));
         assert!(source.contains("{'^chat%:.*$', 300, 300000}"));
         assert!(source.contains(r"local ENVELOPE = '\0\104\101"));
+        assert!(source.contains("local PUBLISH = 'PUBLISH'"));
+        assert!(source(".", &rules, true).contains("local PUBLISH = 'SPUBLISH'"));
         for function in ["'herald_publish'", "'herald_history'", "'herald_anchor'"] {
             assert!(source.contains(function), "{function}");
         }

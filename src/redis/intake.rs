@@ -118,6 +118,21 @@ impl Intake {
         }
     }
 
+    /// A `message` (or a cluster's `smessage`) push's data: channel, then payload.
+    pub(super) fn push_message(&self, data: Vec<Value>) {
+        let at = Instant::now();
+        let mut data = data.into_iter();
+        if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (data.next(), data.next())
+        {
+            self.push(Arrived {
+                at,
+                channel,
+                payload,
+            });
+        }
+    }
+
     fn end(&self) {
         self.lock().ended = true;
         self.ready.notify_one();
@@ -143,19 +158,7 @@ pub struct Sender(pub Arc<Intake>);
 impl AsyncPushSender for Sender {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         match info.kind {
-            PushKind::Message => {
-                let at = Instant::now();
-                let mut data = info.data.into_iter();
-                if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (data.next(), data.next())
-                {
-                    self.0.push(Arrived {
-                        at,
-                        channel,
-                        payload,
-                    });
-                }
-            }
+            PushKind::Message => self.0.push_message(info.data),
             PushKind::Disconnection => self.0.end(),
             // Subscription confirmations: the reconciler gets them as its commands' replies.
             _ => {}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{AsyncPushSender, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, ProtocolVersion};
 
 use super::intake::{Intake, Sender};
@@ -37,11 +37,23 @@ impl Io {
         intake: &Arc<Intake>,
         timeout: Duration,
     ) -> redis::RedisResult<MultiplexedConnection> {
+        self.connect_with(client, Sender(intake.clone()), timeout)
+            .await
+    }
+
+    /// `connect` with the pushes going to `pushes` (a cluster link's, which also reports
+    /// the connection's end and the server's own `sunsubscribe`).
+    pub async fn connect_with(
+        &self,
+        client: &redis::Client,
+        pushes: impl AsyncPushSender,
+        timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         // Every command carries its own deadline (the reconciler's, the probe's).
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(None)
-            .set_push_sender(Sender(intake.clone()));
+            .set_push_sender(pushes);
         let client = client.clone();
         let opening = async move {
             client

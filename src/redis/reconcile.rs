@@ -196,7 +196,7 @@ impl<'a> Reconciler<'a> {
 /// is behind delays them (measured: a 20,000-publication burst kept the reply ~10s); while
 /// publications keep arriving the connection is alive and the wait goes on. A whole
 /// deadline with neither a reply nor a publication is a dead connection.
-async fn patient<T>(
+pub(super) async fn patient<T>(
     intake: &Intake,
     deadline: Duration,
     reply: impl Future<Output = redis::RedisResult<T>>,

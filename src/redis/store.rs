@@ -2,13 +2,18 @@
 //! reads history (`FCALL_RO herald_history`) and anchors channels (`FCALL herald_anchor`),
 //! pipelined in batches.
 //!
+//! On a Redis Cluster it is redis-rs's cluster connection: each FCALL is routed by its key
+//! (the channel's slot), FUNCTION LOAD goes to every primary.
+//!
 //! Publishing and subscribing never share a connection (on Redis 7.0 a RESP3 client that
 //! publishes to a channel it subscribes gets the push before the reply: research notes 4.6).
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{ConnectionInfo, Value};
 
 use super::reconcile::{BatchError, BATCH};
 use crate::channel::{Name, Prefix};
@@ -18,8 +23,13 @@ use crate::history::{Epoch, Rules};
 use crate::payload;
 
 pub struct Store {
-    conn: MultiplexedConnection,
+    conn: Conn,
     timeout: Duration,
+}
+
+enum Conn {
+    One(MultiplexedConnection),
+    Cluster(ClusterConnection),
 }
 
 impl Store {
@@ -36,19 +46,40 @@ impl Store {
             .set_connection_timeout(Some(connect));
         let opening = client.get_multiplexed_async_connection_with_config(&config);
         let conn = within(connect, opening).await?;
-        Ok(Store { conn, timeout })
+        Ok(Store {
+            conn: Conn::One(conn),
+            timeout,
+        })
+    }
+
+    /// `connect` to a Redis Cluster through its seed nodes.
+    pub async fn connect_cluster(
+        seeds: &[ConnectionInfo],
+        connect: Duration,
+        timeout: Duration,
+    ) -> Result<Store, BatchError> {
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(connect)
+            .response_timeout(timeout)
+            .build()
+            .map_err(BatchError::Redis)?;
+        let conn = within(connect, client.get_async_connection()).await?;
+        Ok(Store {
+            conn: Conn::Cluster(conn),
+            timeout,
+        })
     }
 
     /// Loads (or replaces) the library for these rules: at every connect, so a Redis that
     /// restarted without it has it again before any history is read.
     pub async fn load_library(&mut self, prefix: &Prefix, rules: &Rules) -> Result<(), BatchError> {
-        let source = library::source(prefix.as_str(), rules);
+        let sharded = matches!(self.conn, Conn::Cluster(_));
+        let source = library::source(prefix.as_str(), rules, sharded);
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(source);
-        let timeout = self.timeout;
-        within(timeout, cmd.query_async::<Value>(&mut self.conn))
-            .await
-            .map(drop)
+        // On a Cluster, redis-rs sends FUNCTION LOAD to every primary ("it is also
+        // necessary to load functions to all cluster nodes": research notes 4.6).
+        self.query::<Value>(cmd).await.map(drop)
     }
 
     /// Whether the library is loaded: a `FUNCTION FLUSH`, or a Redis restarted in place
@@ -57,8 +88,19 @@ impl Store {
     pub async fn has_library(&mut self) -> Result<bool, BatchError> {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LIST").arg("LIBRARYNAME").arg(library::NAME);
-        let listed: Vec<Value> = within(self.timeout, cmd.query_async(&mut self.conn)).await?;
-        Ok(!listed.is_empty())
+        let Conn::Cluster(conn) = &mut self.conn else {
+            let listed: Vec<Value> = self.query(cmd).await?;
+            return Ok(!listed.is_empty());
+        };
+        // Every primary must have it (a new one after a failover or a resharding).
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let reply = within(self.timeout, conn.route_command(cmd, routing)).await?;
+        let Value::Map(per_node) = reply else {
+            return Ok(false);
+        };
+        Ok(per_node
+            .iter()
+            .all(|(_, listed)| matches!(listed, Value::Array(items) if !items.is_empty())))
     }
 
     /// Reads each channel's kept entries after its number (`TOP_ONLY`: anchors it, minting
@@ -70,25 +112,52 @@ impl Store {
     ) -> Result<Vec<Read>, BatchError> {
         let mut reads = Vec::with_capacity(wanted.len());
         for batch in wanted.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for (name, after) in batch {
+            let commands = batch.iter().map(|(name, after)| {
                 let (command, function) = match *after {
                     TOP_ONLY => ("FCALL", "herald_anchor"),
                     _ => ("FCALL_RO", "herald_history"),
                 };
-                pipe.cmd(command)
-                    .arg(function)
+                let mut cmd = redis::cmd(command);
+                cmd.arg(function)
                     .arg(1)
                     .arg(prefix.to_redis(name))
                     .arg(*after);
-            }
-            let replies: Vec<Value> =
-                within(self.timeout, pipe.query_async(&mut self.conn)).await?;
+                cmd
+            });
+            let replies: Vec<Value> = match &mut self.conn {
+                Conn::One(conn) => {
+                    let mut pipe = redis::pipe();
+                    commands.for_each(|cmd| {
+                        pipe.add_command(cmd);
+                    });
+                    within(self.timeout, pipe.query_async(conn)).await?
+                }
+                // Each to its channel's master, all at once: a pipeline would go to one.
+                Conn::Cluster(conn) => {
+                    let sent = commands.map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<Value>(&mut conn).await }
+                    });
+                    let all = futures_util::future::join_all(sent);
+                    let replies = within(self.timeout, async { Ok(all.await) }).await?;
+                    replies
+                        .into_iter()
+                        .collect::<redis::RedisResult<_>>()
+                        .map_err(BatchError::Redis)?
+                }
+            };
             for ((name, _), reply) in batch.iter().zip(replies) {
                 reads.push(decode(name, reply));
             }
         }
         Ok(reads)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> Result<T, BatchError> {
+        match &mut self.conn {
+            Conn::One(conn) => within(self.timeout, cmd.query_async(conn)).await,
+            Conn::Cluster(conn) => within(self.timeout, cmd.query_async(conn)).await,
+        }
     }
 }
 
