@@ -312,7 +312,7 @@ impl Cluster {
             let views: Vec<&View> = last.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
             let settled = views.len() == last.len()
                 && views.iter().all(|v| v.ok && v.link_up && v.covered())
-                && views.windows(2).all(|w| w[0].masters == w[1].masters)
+                && views.windows(2).all(|w| w[0].nodes == w[1].nodes)
                 && views[0].masters.len() == 3
                 && done(views[0]);
             if settled {
@@ -351,6 +351,7 @@ impl Cluster {
             ok: info.contains("cluster_state:ok"),
             link_up: !is_replica || replication.contains("master_link_status:up"),
             masters: masters_in(&nodes),
+            nodes: nodes_in(&nodes),
         })
     }
 }
@@ -363,6 +364,10 @@ struct View {
     link_up: bool,
     /// Masters owning slots, sorted by port.
     masters: Vec<MasterView>,
+    /// Every node's id, flags and master, sorted: equal slot maps were not enough, a
+    /// master could still be missing its replica (CLUSTER REPLICAS empty) until gossip
+    /// spread the replica's CLUSTER REPLICATE.
+    nodes: Vec<String>,
 }
 
 impl View {
@@ -415,6 +420,30 @@ fn masters_in(nodes: &str) -> Vec<MasterView> {
     masters
 }
 
+/// `<id> <flags> <master>` of each `CLUSTER NODES` line, without the asking node's
+/// `myself` flag, sorted.
+fn nodes_in(nodes: &str) -> Vec<String> {
+    let mut lines: Vec<String> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags: Vec<&str> = fields
+                .get(2)?
+                .split(',')
+                .filter(|f| *f != "myself")
+                .collect();
+            Some(format!(
+                "{} {} {}",
+                fields[0],
+                flags.join(","),
+                fields.get(3)?
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// One cluster node on a free port, answering PING. A port taken between our probe and
 /// redis's bind makes redis-server exit at once: that node is retried on another port.
 async fn start_node() -> Node {
@@ -431,6 +460,9 @@ async fn start_node() -> Node {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            // A replica's first sync waited out the default 5 s delay (diskless sync
+            // gathering more replicas), which was most of the startup.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::null())
