@@ -144,7 +144,7 @@ impl Topology {
         let mut problems = Vec::new();
         let gaps = self.gaps();
         if !gaps.is_empty() {
-            let listed: Vec<String> = gaps.iter().map(|r| show(r)).collect();
+            let listed: Vec<String> = gaps.iter().map(show).collect();
             problems.push(format!("no master owns slots {}", listed.join(",")));
         }
         for master in self.masters.iter().filter(|m| m.failed) {
