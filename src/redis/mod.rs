@@ -30,6 +30,7 @@ mod io;
 mod outage;
 mod reconcile;
 mod store;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

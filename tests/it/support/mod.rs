@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod eventually;
 pub mod gateway;
 pub mod haproxy;
