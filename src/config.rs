@@ -343,6 +343,17 @@ impl Config {
 
     /// The Redis URL with any password replaced, fit for logs.
     pub fn redis_url_masked(&self) -> String {
+        // A cluster URL lists several hosts, which `url` does not parse: mask by hand.
+        if crate::redis::topology::is_cluster_url(&self.redis_url) {
+            let (scheme, rest) = self.redis_url.split_once("://").unwrap_or_default();
+            return match rest.rsplit_once('@') {
+                Some((user, hosts)) => {
+                    let user = user.split_once(':').map_or(user, |(user, _)| user);
+                    format!("{scheme}://{user}:***@{hosts}")
+                }
+                None => self.redis_url.clone(),
+            };
+        }
         match url::Url::parse(&self.redis_url) {
             Ok(mut url) if url.password().is_some() => {
                 let _ = url.set_password(Some("***"));
@@ -355,6 +366,11 @@ impl Config {
 }
 
 fn redis_url_scheme_ok(raw: &str) -> Result<(), Invalid> {
+    if crate::redis::topology::is_cluster_url(raw) {
+        return crate::redis::topology::seeds(raw)
+            .map(drop)
+            .map_err(|e| Invalid(format!("HERALD_REDIS_URL: {e}")));
+    }
     let url =
         url::Url::parse(raw).map_err(|e| Invalid(format!("HERALD_REDIS_URL is not a URL: {e}")))?;
     match url.scheme() {

@@ -203,7 +203,7 @@ mod tests {
         assert!(source.contains("{'^chat%:.*$', 300, 300000}"));
         assert!(source.contains(r"local ENVELOPE = '\0\104\101"));
         assert!(source.contains("local PUBLISH = 'PUBLISH'"));
-        assert!(source(".", &rules, true).contains("local PUBLISH = 'SPUBLISH'"));
+        assert!(super::source(".", &rules, true).contains("local PUBLISH = 'SPUBLISH'"));
         for function in ["'herald_publish'", "'herald_history'", "'herald_anchor'"] {
             assert!(source.contains(function), "{function}");
         }

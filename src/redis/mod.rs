@@ -29,6 +29,7 @@ mod intake;
 mod io;
 mod outage;
 mod reconcile;
+mod shards;
 mod store;
 pub mod topology;
 
@@ -83,6 +84,11 @@ pub struct Settings {
 
 /// A client for the URL, with the CA and client certificate when configured.
 pub fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
+    if topology::is_cluster_url(&settings.url) {
+        let seeds = topology::seeds(&settings.url)
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        return redis::Client::open(seeds[0].clone());
+    }
     let TlsFiles { ca, client } = &settings.tls;
     if ca.is_none() && client.is_none() {
         return redis::Client::open(settings.url.as_str());
@@ -118,6 +124,8 @@ pub struct Subscriber {
     disconnects: Arc<Disconnects>,
     /// `Prefix::control`, computed once.
     control: String,
+    /// The seed nodes, on a Redis Cluster (`redis+cluster://`).
+    cluster: Option<Vec<redis::ConnectionInfo>>,
 }
 
 impl Subscriber {
@@ -128,8 +136,17 @@ impl Subscriber {
         readiness: Arc<Readiness>,
         disconnects: Arc<Disconnects>,
     ) -> redis::RedisResult<Self> {
-        let client = client(&settings)?;
+        let cluster = topology::is_cluster_url(&settings.url)
+            .then(|| topology::seeds(&settings.url))
+            .transpose()
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        // On a Cluster the clients below point at the first seed and go unused.
+        let client = match &cluster {
+            Some(seeds) => redis::Client::open(seeds[0].clone())?,
+            None => client(&settings)?,
+        };
         Ok(Subscriber {
+            cluster,
             pubsub: io::resp3(&client)?,
             client,
             control: settings.prefix.control(),
@@ -230,6 +247,11 @@ impl Subscriber {
         outage: &mut Outage,
         requests: &mut Requests,
     ) -> Lost {
+        if let Some(seeds) = &self.cluster {
+            return self
+                .serve_cluster(io, seeds, backoff, outage, requests)
+                .await;
+        }
         let timeout = self.settings.timeout;
         let intake = Intake::new(self.settings.intake_max_bytes);
         // However this connection ends, a push blocked at the bound must not stay blocked.

@@ -28,7 +28,7 @@ use redis::{ConnectionAddr, ConnectionInfo, Value};
 
 pub use fetch::{fetch, FetchError};
 pub use group::{group, Groups};
-pub use seeds::{seeds, SeedError};
+pub use seeds::{is_cluster_url, seeds, SeedError};
 pub use shards::ParseError;
 pub use slot::{slot, SLOTS};
 

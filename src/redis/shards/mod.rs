@@ -20,6 +20,7 @@
 //! unsolicited `sunsubscribe` (research notes 4.3).
 
 mod link;
+mod serve;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -68,7 +69,7 @@ pub struct Context<'a> {
 pub struct Shards<'a> {
     cx: Context<'a>,
     topology: Topology,
-    links: HashMap<Arc<str>, Link>,
+    pub(super) links: HashMap<Arc<str>, Link>,
     /// Channels confirmed on a link, and which.
     home: HashMap<Name, Arc<str>>,
     /// Live channels on no link yet (their master unreachable, or their slot unowned).
@@ -110,14 +111,20 @@ impl<'a> Shards<'a> {
         Ok(shards)
     }
 
-    /// Whether every live channel is on its master.
+    /// Whether every live channel is on its master (what `/readyz` reports).
     pub fn settled(&self) -> bool {
-        self.homeless.is_empty() && self.control.is_some() && !self.stale
+        self.homeless.is_empty() && self.control.is_some()
     }
 
-    /// Whether `rehome` has work.
-    pub fn unsettled(&self) -> bool {
-        !self.settled()
+    /// Whether `rehome` has work: something is off its master, or the topology may have
+    /// changed.
+    pub fn needs_rehome(&self) -> bool {
+        self.stale || !self.settled()
+    }
+
+    /// The periodic refresh: read the topology again on the next `rehome`.
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
     }
 
     /// Subscribes the control channel on some link; a refusal is logged (as for a single

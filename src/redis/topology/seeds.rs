@@ -38,6 +38,11 @@ impl std::fmt::Display for SeedError {
 
 impl std::error::Error for SeedError {}
 
+/// Whether `url` names a Redis Cluster (its scheme; the rest is checked by `seeds`).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://")
+}
+
 /// The seeds of a cluster URL, in the order written.
 pub fn seeds(url: &str) -> Result<Vec<ConnectionInfo>, SeedError> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
