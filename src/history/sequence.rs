@@ -131,6 +131,14 @@ impl Sequence {
             return 0;
         };
         let start = match &self.epoch {
+            // History is behind what was delivered: a failover lost writes Herald had
+            // seen live (replication is asynchronous), and the new master numbers again
+            // from its top. Say so, and take its numbers from there: otherwise each new
+            // publication up to the old `next` would be dropped as a repeat, unseen.
+            Some(epoch) if read.epoch.as_ref() == Some(epoch) && read.top + 1 < next => {
+                out.push(Out::Gap);
+                read.top + 1
+            }
             Some(epoch) if read.epoch.as_ref() == Some(epoch) => next,
             // Anchored before anything was ever published: nothing can have been missed
             // but what the read shows from the channel's first publication on.
@@ -356,5 +364,20 @@ mod tests {
         seq.live("e", 8, frame(8), &mut out);
         seq.end_fill(&read("e", 7, []), &mut out);
         assert_eq!(seen(&out), [0, 8]);
+    }
+
+    #[test]
+    fn history_behind_what_was_delivered_is_a_gap_then_its_numbers_are_taken() {
+        let mut seq = anchored("e", 4);
+        let mut out = Vec::new();
+        seq.live("e", 5, frame(5), &mut out);
+        seq.live("e", 6, frame(6), &mut out);
+        // The master died before 6 reached its replica; the promoted replica numbers the
+        // next publication 6 again.
+        seq.begin_fill();
+        seq.live("e", 6, frame(6), &mut out);
+        seq.end_fill(&read("e", 5, [5]), &mut out);
+        assert_eq!(seen(&out), [5, 6, 0, 6]);
+        assert_eq!(seq.next(), Some(7));
     }
 }
