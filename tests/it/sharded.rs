@@ -248,3 +248,80 @@ async fn a_master_failover_loses_nothing_on_history_channels() {
         "the log names the lost master"
     );
 }
+
+/// Move the slot of subscribed channels to another master while publications flow: the
+/// channels follow (Redis drops them on the old owner with an unasked `sunsubscribe`),
+/// history channels lose nothing, plain ones get a `gap` at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_follow_a_migrated_slot_without_loss_on_history_channels() {
+    let cluster = Cluster::start().await;
+    let mut args = vec!["--history", "h:*=1000/5m"];
+    args.extend_from_slice(crate::redis_loss::FAST_REDIS);
+    let gw = Gateway::start(&cluster.seeds(), &args).await;
+    gw.wait_ready(secs(20)).await;
+    // Two channels of one slot, and one elsewhere that must notice nothing. (Channel
+    // names cannot hold a hash tag: find a plain name in the history channel's slot.)
+    let slot = herald::redis::topology::slot("h:moving");
+    let plain = (0..)
+        .map(|i| format!("p:{i}"))
+        .find(|name| herald::redis::topology::slot(name) == slot)
+        .unwrap();
+    let other = (0..)
+        .map(|i| format!("h:{i}"))
+        .find(|name| herald::redis::topology::slot(name) != slot)
+        .unwrap();
+    let names: Vec<String> = vec!["h:moving".into(), plain.clone(), other];
+    let mut client = subscriber(&gw, &names).await;
+    let held: BTreeSet<String> = names.iter().cloned().collect();
+    wait_carried(&cluster, &held, secs(20)).await;
+
+    assert_eq!(cluster.keyslot("h:moving").await, slot);
+    let from = cluster.master_of_slot(slot).await;
+    let to = *cluster
+        .masters()
+        .await
+        .keys()
+        .find(|&&p| p != from)
+        .unwrap();
+    let seeds: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let client_cluster = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let mut conn = client_cluster.get_async_connection().await.unwrap();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn({
+        let names = names.clone();
+        async move {
+            let mut seq = 0;
+            while !*stop.borrow_and_update() || seq < 5 {
+                seq += 1;
+                for name in &names {
+                    let payload = json!({ "seq": seq }).to_string();
+                    if name.starts_with("h:") {
+                        publish_retrying(&mut conn, name, &payload).await;
+                    } else {
+                        let mut cmd = redis::cmd("SPUBLISH");
+                        cmd.arg(name).arg(&payload);
+                        let _ = cmd.query_async::<redis::Value>(&mut conn).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seq
+        }
+    });
+    cluster.migrate_slot(slot, to).await;
+    // The channels are carried by their new owner only.
+    wait_carried(&cluster, &held, secs(20)).await;
+    stop_tx.send(true).unwrap();
+    let last = publisher.await.unwrap();
+    let mut next: BTreeMap<String, u64> = names.iter().map(|n| (n.clone(), 1)).collect();
+    let gaps = read_until(&mut client, &mut next, last).await;
+    assert!(
+        gaps.iter().all(|name| *name == plain),
+        "only the moved plain channel may get a gap: {gaps:?}"
+    );
+    assert_eq!(cluster.master_of("h:moving").await, to);
+}
