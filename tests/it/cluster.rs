@@ -12,7 +12,7 @@ use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushInfo, Pu
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::Instant;
 
-use crate::support::cluster::Cluster;
+use crate::support::cluster::{Cluster, Node};
 use crate::support::secs;
 
 /// Starts a cluster and reads its topology through the seed URL, as Herald will.
@@ -274,4 +274,18 @@ async fn a_migrated_slot_unsubscribes_its_channels_on_the_old_owner() {
         .query(new_port, redis::cmd("GET").arg(channel))
         .await;
     assert_eq!(value, "kept");
+}
+
+#[tokio::test]
+async fn a_node_that_owns_no_slot_gives_no_topology() {
+    let lone = Node::lone().await;
+    let seeds = topology::seeds(&format!("redis+cluster://127.0.0.1:{}", lone.port())).unwrap();
+    let err = topology::fetch(&seeds, secs(5)).await.unwrap_err();
+    assert_eq!(
+        err.tried,
+        vec![(
+            format!("127.0.0.1:{}", lone.port()),
+            "no master owns slots 0-16383".to_string()
+        )]
+    );
 }

@@ -19,11 +19,23 @@ use super::{free_port, TempDir};
 /// a node starved on a loaded 2-core machine gets failed over by mistake.
 const NODE_TIMEOUT_MS: u64 = 3000;
 
-struct Node {
+/// One redis-server with cluster support on.
+pub struct Node {
     port: u16,
     /// `None` once killed.
     child: Option<Child>,
     _dir: TempDir,
+}
+
+impl Node {
+    /// A cluster-enabled node that joined no cluster and owns no slot.
+    pub async fn lone() -> Node {
+        start_node().await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 impl Drop for Node {
