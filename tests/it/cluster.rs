@@ -135,9 +135,22 @@ async fn each_channel_is_carried_by_the_master_the_topology_names() {
         assert_eq!(cluster.spublish(channel, "routed").await, 1, "{channel}");
     }
 
+    // And from a function, as Herald's history publish will (its SPUBLISH is slot-checked
+    // like a key: the channel is the function's key).
+    cluster
+        .function_load(
+            "#!lua name=it\nredis.register_function('it_spublish', \
+             function(keys, args) return redis.call('SPUBLISH', keys[1], args[1]) end)",
+        )
+        .await;
+    for channel in &channels {
+        let received: i64 = cluster.fcall("it_spublish", channel, &["fcall"]).await;
+        assert_eq!(received, 1, "{channel}");
+    }
+
     for (port, mine, _conn, rx) in &mut subscribers {
         let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for _ in 0..mine.len() * 2 {
+        for _ in 0..mine.len() * 3 {
             let push = next_push(rx, secs(10))
                 .await
                 .unwrap_or_else(|| panic!("master {port} went quiet; so far {got:?}"));
@@ -148,7 +161,12 @@ async fn each_channel_is_carried_by_the_master_the_topology_names() {
         }
         let expected: BTreeMap<String, Vec<String>> = mine
             .iter()
-            .map(|c| (c.to_string(), vec!["direct".into(), "routed".into()]))
+            .map(|c| {
+                (
+                    c.to_string(),
+                    vec!["direct".into(), "routed".into(), "fcall".into()],
+                )
+            })
             .collect();
         assert_eq!(got, expected, "what master {port} delivered");
         assert!(next_push(rx, Duration::from_millis(200)).await.is_none());

@@ -159,6 +159,22 @@ impl Cluster {
         self.routed(&cmd).await
     }
 
+    /// `FUNCTION LOAD REPLACE` on every master: Redis Cluster does not spread functions
+    /// itself (replicas get them by replication).
+    pub async fn function_load(&self, library: &str) {
+        for port in self.masters().await.into_keys() {
+            let _: String = self
+                .query(
+                    port,
+                    redis::cmd("FUNCTION")
+                        .arg("LOAD")
+                        .arg("REPLACE")
+                        .arg(library),
+                )
+                .await;
+        }
+    }
+
     /// A command sent to the first running node and then where MOVED says (ASK too: a
     /// migrating slot's keys may already be on the target).
     pub async fn routed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
