@@ -6,7 +6,13 @@
 //! all of a node's shard channels as one SSUBSCRIBE (CROSSSLOT once they span two slots,
 //! the error dropped) and forgets a channel on the server's unsolicited `sunsubscribe`
 //! after a slot migration, so it is never subscribed on the new owner
-//! (shared/research/history-and-cluster.md §4.3).
+//! (shared/research/history-and-cluster.md §4.3). The same 1.8.1 takes that unsolicited
+//! `sunsubscribe` as the reply to whatever request is in flight on the connection, and
+//! every later reply shifts by one (tests/it/cluster.rs pins it): the push must mean
+//! "reconnect this master", never be read beside a pending request.
+//!
+//! `CLUSTER SHARDS` only, no `CLUSTER SLOTS` fallback: both it and SSUBSCRIBE arrived in
+//! Redis 7.0, so a server without it has no sharded pub/sub to offer either.
 //!
 //! - `slot`    a name's slot (CRC16-XMODEM with the hash-tag rule)
 //! - `shards`  the `CLUSTER SHARDS` reply, RESP2 or RESP3, read into masters
@@ -39,6 +45,7 @@ pub struct Master {
     pub id: String,
     /// Where to connect: the node's preferred endpoint (what MOVED names), else its IP.
     pub host: String,
+    /// The node's IP as the cluster bus knows it.
     pub ip: String,
     /// Plaintext port; `None` when the node listens only with TLS.
     pub port: Option<u16>,
@@ -109,6 +116,7 @@ impl Topology {
         Topology { masters, owners }
     }
 
+    /// The masters owning slots, in the order the reply listed them.
     pub fn masters(&self) -> &[Master] {
         &self.masters
     }

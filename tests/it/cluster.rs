@@ -12,7 +12,7 @@ use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushInfo, Pu
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::Instant;
 
-use crate::support::cluster::Cluster;
+use crate::support::cluster::{Cluster, Node};
 use crate::support::secs;
 
 /// Starts a cluster and reads its topology through the seed URL, as Herald will.
@@ -37,7 +37,10 @@ async fn subscriber(
         .set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(resp3)).expect("client");
     let (tx, rx) = unbounded_channel();
-    let config = AsyncConnectionConfig::new().set_push_sender(tx);
+    // As Herald's subscriber connection (redis/io.rs): no response deadline of its own.
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_push_sender(tx);
     let conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -132,9 +135,22 @@ async fn each_channel_is_carried_by_the_master_the_topology_names() {
         assert_eq!(cluster.spublish(channel, "routed").await, 1, "{channel}");
     }
 
+    // And from a function, as Herald's history publish will (its SPUBLISH is slot-checked
+    // like a key: the channel is the function's key).
+    cluster
+        .function_load(
+            "#!lua name=it\nredis.register_function('it_spublish', \
+             function(keys, args) return redis.call('SPUBLISH', keys[1], args[1]) end)",
+        )
+        .await;
+    for channel in &channels {
+        let received: i64 = cluster.fcall("it_spublish", channel, &["fcall"]).await;
+        assert_eq!(received, 1, "{channel}");
+    }
+
     for (port, mine, _conn, rx) in &mut subscribers {
         let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for _ in 0..mine.len() * 2 {
+        for _ in 0..mine.len() * 3 {
             let push = next_push(rx, secs(10))
                 .await
                 .unwrap_or_else(|| panic!("master {port} went quiet; so far {got:?}"));
@@ -145,7 +161,12 @@ async fn each_channel_is_carried_by_the_master_the_topology_names() {
         }
         let expected: BTreeMap<String, Vec<String>> = mine
             .iter()
-            .map(|c| (c.to_string(), vec!["direct".into(), "routed".into()]))
+            .map(|c| {
+                (
+                    c.to_string(),
+                    vec!["direct".into(), "routed".into(), "fcall".into()],
+                )
+            })
             .collect();
         assert_eq!(got, expected, "what master {port} delivered");
         assert!(next_push(rx, Duration::from_millis(200)).await.is_none());
@@ -268,10 +289,106 @@ async fn a_migrated_slot_unsubscribes_its_channels_on_the_old_owner() {
         vec![Value::BulkString(channel.into()), Value::Int(0)]
     );
 
+    // The connection stays usable (no in-flight request took the push as its reply), and
+    // subscribing there again is refused with MOVED to the new owner.
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let again: redis::RedisResult<()> = redis::cmd("SSUBSCRIBE")
+        .arg(channel)
+        .query_async(&mut conn)
+        .await;
+    let refused = again.expect_err("SSUBSCRIBE on the old owner");
+    eprintln!("SSUBSCRIBE on the old owner: {refused}");
+    assert_eq!(
+        refused.redirect_node(),
+        Some((format!("127.0.0.1:{new_port}").as_str(), slot))
+    );
+
     let after = topology::fetch(&seeds, secs(5)).await.expect("a topology");
     assert_eq!(after.master_of(channel).unwrap().port, Some(new_port));
     let value: String = cluster
         .query(new_port, redis::cmd("GET").arg(channel))
         .await;
     assert_eq!(value, "kept");
+}
+
+#[tokio::test]
+async fn a_node_that_owns_no_slot_gives_no_topology() {
+    let lone = Node::lone().await;
+    let seeds = topology::seeds(&format!("redis+cluster://127.0.0.1:{}", lone.port())).unwrap();
+    let err = topology::fetch(&seeds, secs(5)).await.unwrap_err();
+    assert_eq!(
+        err.tried,
+        vec![(
+            format!("127.0.0.1:{}", lone.port()),
+            "no master owns slots 0-16383".to_string()
+        )]
+    );
+}
+
+/// redis-rs 1.8.1 treats a `sunsubscribe` push as the reply to a subscription command, so
+/// an unsolicited one (slot migration) answers whatever request is in flight on that
+/// connection, and every later reply shifts by one. Herald must not trust a reply on a
+/// subscriber connection that may have lost a slot: treat the `sunsubscribe` push as
+/// "reconnect this master". This test pins the behaviour; when it fails, redis-rs changed.
+#[tokio::test]
+async fn redis_rs_pairs_an_unsolicited_sunsubscribe_with_the_request_in_flight() {
+    let (cluster, seeds, before) = start().await;
+    let channel = "herald:moving";
+    let slot = topology::slot(channel);
+    let old = before.master_of(channel).unwrap().clone();
+    let new_port = before
+        .masters()
+        .iter()
+        .filter_map(|m| m.port)
+        .find(|&p| p != old.port.unwrap())
+        .unwrap();
+    let (mut conn, mut rx) = subscriber(&old, &seeds[0]).await;
+    ssubscribe(&mut conn, &[channel]).await;
+
+    // A request that stays in flight through the migration: BLPOP on an empty key the
+    // old owner keeps.
+    let key = (0..)
+        .map(|i| format!("blocker-{i}"))
+        .find(|k| before.master_of(k).unwrap().id == old.id && topology::slot(k) != slot)
+        .unwrap();
+    let mut blocking = conn.clone();
+    let blpop = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply: redis::RedisResult<Value> = redis::cmd("BLPOP")
+            .arg(&key)
+            .arg(3)
+            .query_async(&mut blocking)
+            .await;
+        (started.elapsed(), reply)
+    });
+    let deadline = Instant::now() + secs(2);
+    loop {
+        let info: String = cluster
+            .query(old.port.unwrap(), redis::cmd("INFO").arg("clients"))
+            .await;
+        if info.contains("blocked_clients:1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "BLPOP never blocked: {info}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.migrate_slot(slot, new_port).await;
+
+    let (took, reply) = blpop.await.unwrap();
+    eprintln!("BLPOP in flight during the migration answered after {took:?}: {reply:?}");
+    assert!(took < secs(3), "BLPOP waited its timeout: {took:?}");
+    assert_eq!(
+        reply.unwrap(),
+        Value::Push {
+            kind: PushKind::SUnsubscribe,
+            data: vec![Value::BulkString(channel.into()), Value::Int(0)]
+        }
+    );
+    // The push went to the push sender as well.
+    let push = next_push(&mut rx, secs(5)).await.expect("the push");
+    assert_eq!(push.kind, PushKind::SUnsubscribe);
+    // BLPOP's own reply (nil, at its timeout) now answers the next request.
+    let ping: Value = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(ping, Value::Nil, "PING got BLPOP's reply");
 }

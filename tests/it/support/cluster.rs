@@ -19,11 +19,23 @@ use super::{free_port, TempDir};
 /// a node starved on a loaded 2-core machine gets failed over by mistake.
 const NODE_TIMEOUT_MS: u64 = 3000;
 
-struct Node {
+/// One redis-server with cluster support on.
+pub struct Node {
     port: u16,
     /// `None` once killed.
     child: Option<Child>,
     _dir: TempDir,
+}
+
+impl Node {
+    /// A cluster-enabled node that joined no cluster and owns no slot.
+    pub async fn lone() -> Node {
+        start_node().await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 impl Drop for Node {
@@ -145,6 +157,22 @@ impl Cluster {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(function).arg(1).arg(key).arg(args);
         self.routed(&cmd).await
+    }
+
+    /// `FUNCTION LOAD REPLACE` on every master: Redis Cluster does not spread functions
+    /// itself (replicas get them by replication).
+    pub async fn function_load(&self, library: &str) {
+        for port in self.masters().await.into_keys() {
+            let _: String = self
+                .query(
+                    port,
+                    redis::cmd("FUNCTION")
+                        .arg("LOAD")
+                        .arg("REPLACE")
+                        .arg(library),
+                )
+                .await;
+        }
     }
 
     /// A command sent to the first running node and then where MOVED says (ASK too: a
