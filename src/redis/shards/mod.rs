@@ -81,6 +81,8 @@ pub struct Shards<'a> {
     control: Option<Arc<str>>,
     /// Something suggested the topology changed: `rehome` should read it again.
     stale: bool,
+    /// Links made so far (each link's serial).
+    serials: u64,
 }
 
 impl<'a> Shards<'a> {
@@ -98,6 +100,7 @@ impl<'a> Shards<'a> {
             moving: HashSet::new(),
             control: None,
             stale: false,
+            serials: 0,
         };
         for index in 0..shards.topology.masters().len() {
             if let Err(e) = shards.link(index).await {
@@ -204,8 +207,12 @@ impl<'a> Shards<'a> {
     /// Takes a link's event: its channels start moving.
     pub fn on_event(&mut self, event: Event) {
         match event {
-            Event::Lost(addr) => self.lose(&addr, "connection closed"),
-            Event::Dropped(addr, channel) => {
+            Event::Lost(id) if self.current(&id) => self.lose(&id.0, "connection closed"),
+            Event::Confused(id) if self.current(&id) => {
+                self.lose(&id.0, "an unasked sunsubscribe took a command's reply");
+            }
+            Event::Dropped(id, channel) if self.current(&id) => {
+                let addr = id.0;
                 let Some(name) = std::str::from_utf8(&channel)
                     .ok()
                     .and_then(|redis_name| self.cx.prefix.from_redis(redis_name))
@@ -218,7 +225,15 @@ impl<'a> Shards<'a> {
                     self.stale = true;
                 }
             }
+            // From a link already replaced.
+            _ => {}
         }
+    }
+
+    fn current(&self, (addr, serial): &link::LinkId) -> bool {
+        self.links
+            .get(addr)
+            .is_some_and(|link| link.serial == *serial)
     }
 
     /// Reads the topology again and moves what it says moved; returns the tapes of the
@@ -357,10 +372,12 @@ impl<'a> Shards<'a> {
         let client = redis::Client::open(master.connection_info(seed))
             .and_then(|client| io::resp3(&client))
             .map_err(BatchError::Redis)?;
+        self.serials += 1;
         let link = Link::connect(
             self.cx.io,
             &client,
             addr.clone(),
+            self.serials,
             self.cx.intake,
             &self.cx.events,
             self.cx.timeout,
