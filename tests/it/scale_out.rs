@@ -666,8 +666,9 @@ async fn resumed(mut ws: Ws, since: &str) -> Result<Client, String> {
         Err(_) => return Err("resubscribe: not sent within 5s".to_owned()),
     }
     let ok = next_json(&mut ws, "the resubscribe's ok").await?;
-    let expected =
-        json!({"op": "ok", "id": 1, "channels": [CHANNEL], "recovered": {CHANNEL: true}});
+    // Recovered, standing where it asked to resume from.
+    let expected = json!({"op": "ok", "id": 1, "channels": [CHANNEL],
+        "recovered": {CHANNEL: true}, "offsets": {CHANNEL: subscribe["since"][CHANNEL]}});
     if ok != expected {
         return Err(format!("{subscribe} was answered {ok}"));
     }
