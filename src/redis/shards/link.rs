@@ -179,6 +179,22 @@ impl Link {
         patient(intake, timeout, self.conn.subscribe(control)).await
     }
 
+    /// FUNCTION LOAD REPLACE of Herald's library on this master (RESP3 takes commands on a
+    /// connection that subscribes; nothing is published on it).
+    pub async fn load_library(
+        &mut self,
+        source: &str,
+        intake: &Intake,
+        timeout: Duration,
+    ) -> Result<(), BatchError> {
+        let _flight = Flight::new(&self.shared);
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(source);
+        patient(intake, timeout, cmd.query_async::<Value>(&mut self.conn))
+            .await
+            .map(drop)
+    }
+
     /// A PING in subscribed mode (see `Reconciler::probe`).
     pub async fn probe(&self, intake: &Intake, deadline: Duration) -> Result<(), BatchError> {
         let mut conn = self.conn.clone();

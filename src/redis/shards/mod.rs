@@ -64,6 +64,10 @@ pub struct Context<'a> {
     pub prefix: &'a Prefix,
     pub metrics: &'a Metrics,
     pub timeout: Duration,
+    /// The function library's source, when history is on: loaded on each master as it
+    /// is linked, so a master that joined by a resharding has it before a publisher
+    /// calls it (Redis does not copy functions to a new node: research notes 4.6).
+    pub library: Option<String>,
 }
 
 pub struct Shards<'a> {
@@ -260,6 +264,16 @@ impl<'a> Shards<'a> {
         for addr in gone {
             self.lose(&addr, "no longer a master");
         }
+        // Every master linked, also one that owns none of the local channels yet: it is
+        // where their slots may move, and where publishers need the library.
+        for index in 0..self.topology.masters().len() {
+            let addr = self.topology.masters()[index].addr();
+            if !self.links.contains_key(addr.as_str()) {
+                if let Err(e) = self.link(index).await {
+                    warn!(node = %addr, error = %e, "redis cluster master unreachable");
+                }
+            }
+        }
         // Channels whose slot another master owns now.
         let mut moved: HashMap<Arc<str>, Vec<Name>> = HashMap::new();
         for (name, addr) in &self.home {
@@ -373,7 +387,7 @@ impl<'a> Shards<'a> {
             .and_then(|client| io::resp3(&client))
             .map_err(BatchError::Redis)?;
         self.serials += 1;
-        let link = Link::connect(
+        let mut link = Link::connect(
             self.cx.io,
             &client,
             addr.clone(),
@@ -383,6 +397,10 @@ impl<'a> Shards<'a> {
             self.cx.timeout,
         )
         .await?;
+        if let Some(source) = &self.cx.library {
+            link.load_library(source, self.cx.intake, self.cx.timeout)
+                .await?;
+        }
         info!(node = %addr, "redis cluster master linked");
         self.cx.metrics.set_node_connected(&addr, true);
         self.links.insert(addr, link);

@@ -41,6 +41,10 @@ impl Subscriber {
             prefix: &self.settings.prefix,
             metrics: &self.metrics,
             timeout,
+            library: (!self.settings.history.is_empty()).then(|| {
+                let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
+                crate::history::library::source(prefix.as_str(), rules, true)
+            }),
         };
         let shards = match Shards::start(cx).await {
             Ok(shards) => shards,

@@ -234,6 +234,22 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// Adds an empty master (CLUSTER MEET); returns its port once every node knows it.
+    pub async fn add_master(&mut self) -> u16 {
+        let node = start_node().await;
+        let port = node.port;
+        let first = self.ports()[0];
+        let _: () = self
+            .query(
+                first,
+                redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(port),
+            )
+            .await;
+        self.nodes.push(node);
+        self.wait_settled(Duration::from_secs(30), |_| true).await;
+        port
+    }
+
     /// Moves `slot` to the master on `to`, the way `redis-cli --cluster reshard` does:
     /// IMPORTING on the target, MIGRATING on the source, MIGRATE every key in the slot,
     /// then SETSLOT NODE on target, source and the other masters. Publications may flow
@@ -242,7 +258,9 @@ impl Cluster {
         let from = self.master_of_slot(slot).await;
         assert_ne!(from, to, "slot {slot} is already on {to}");
         let masters = self.masters().await;
-        let (from_id, to_id) = (&masters[&from], &masters[&to]);
+        // `to` may own no slot yet (a node just added): ask it for its id.
+        let to_id: String = self.query(to, redis::cmd("CLUSTER").arg("MYID")).await;
+        let (from_id, to_id) = (&masters[&from], &to_id);
         let setslot = |state: &str, id: &str| {
             let mut cmd = redis::cmd("CLUSTER");
             cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
@@ -341,7 +359,7 @@ impl Cluster {
             let settled = views.len() == last.len()
                 && views.iter().all(|v| v.ok && v.link_up && v.covered())
                 && views.windows(2).all(|w| w[0].nodes == w[1].nodes)
-                && views[0].masters.len() == 3
+                && views[0].masters.len() >= 3
                 && done(views[0]);
             if settled {
                 return;
