@@ -1,0 +1,123 @@
+//! Which node to dial now: the one URL of a single node, or the master the sentinels name,
+//! asked again at every connect (a failover moves it; redis-rs would re-dial the old one).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::Value;
+
+use super::sentinel::{self, Unasked};
+use super::target::{host_port, Target};
+use super::{io, TlsFiles};
+
+/// A node to connect to.
+#[derive(Clone)]
+pub struct Node {
+    /// `host:port`, for logs.
+    pub addr: String,
+    /// For commands (RESP2).
+    pub client: redis::Client,
+    /// The same node speaking RESP3, for the subscriber connection.
+    pub pubsub: redis::Client,
+    /// Named by sentinels: must answer `ROLE` as a master before it is used.
+    pub check_role: bool,
+}
+
+/// Why no node could be chosen.
+#[derive(Debug)]
+pub enum Unlocated {
+    Sentinels(Unasked),
+    /// The address the sentinels gave makes no client (it would be a sentinel's bug).
+    Redis(redis::RedisError),
+}
+
+impl std::fmt::Display for Unlocated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unlocated::Sentinels(e) => write!(f, "{e}"),
+            Unlocated::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub struct Locator {
+    target: Target,
+    tls: TlsFiles,
+    /// The single node's clients, made once (a bad URL fails at startup, as before).
+    single: Option<Node>,
+}
+
+impl Locator {
+    pub fn new(target: Target, tls: TlsFiles) -> redis::RedisResult<Locator> {
+        let single = match &target {
+            Target::Single(url) => Some(node(url.clone(), url, &tls, false)?),
+            Target::Sentinel(s) => {
+                // The same checks for the sentinel URLs and a node URL at startup.
+                for addr in &s.addrs {
+                    super::client_for(&s.sentinel_url(addr), &tls)?;
+                }
+                super::client_for(&s.node_url("localhost", 6379), &tls)?;
+                None
+            }
+        };
+        Ok(Locator {
+            target,
+            tls,
+            single,
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+
+    /// The node to dial now: asks the sentinels each time for a sentinel target.
+    pub async fn master(&self, timeout: Duration) -> Result<Node, Unlocated> {
+        if let Some(single) = &self.single {
+            return Ok(single.clone());
+        }
+        let Target::Sentinel(sentinels) = &self.target else {
+            unreachable!("a single target has its node");
+        };
+        let (host, port) = sentinel::master_addr(sentinels, &self.tls, timeout)
+            .await
+            .map_err(Unlocated::Sentinels)?;
+        let url = sentinels.node_url(&host, port);
+        node(host_port(&host, port), &url, &self.tls, true).map_err(Unlocated::Redis)
+    }
+}
+
+fn node(addr: String, url: &str, tls: &TlsFiles, check_role: bool) -> redis::RedisResult<Node> {
+    let client = super::client_for(url, tls)?;
+    Ok(Node {
+        addr,
+        pubsub: io::resp3(&client)?,
+        client,
+        check_role,
+    })
+}
+
+/// Whether `conn`'s node is a master now: `ROLE` answers `master` first. A node the
+/// sentinels named may have been demoted since (or be a restarted old master that has not
+/// been reconfigured yet): staying on it would read nothing published to the new master.
+///
+/// A user whose ACL refuses ROLE (NOPERM) cannot tell: the sentinels are trusted then.
+pub async fn is_master(conn: &mut impl ConnectionLike, timeout: Duration) -> Result<(), String> {
+    let role = redis::cmd("ROLE");
+    let asked = role.query_async::<Value>(conn);
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(Value::Array(items))) => match items.first() {
+            Some(Value::BulkString(role)) if role == b"master" => Ok(()),
+            Some(Value::SimpleString(role)) if role == "master" => Ok(()),
+            other => Err(format!("the node answers ROLE {other:?}, not master")),
+        },
+        Ok(Ok(other)) => Err(format!("unexpected ROLE reply {other:?}")),
+        Ok(Err(e)) if e.code() == Some("NOPERM") => Ok(()),
+        Ok(Err(e)) => Err(format!("ROLE failed: {e}")),
+        Err(_) => Err(format!("ROLE: no answer within {timeout:?}")),
+    }
+}
