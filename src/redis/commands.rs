@@ -97,7 +97,7 @@ impl Commands {
         let dial = self.0.dials.fetch_add(1, Ordering::Relaxed);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         if node.check_role && last.as_deref() != Some(node.addr.as_str()) {
-            info!(node = %node.addr, previous = ?*last, "redis commands go to the master the sentinels named");
+            info!(node = %node.addr, previous = last.as_deref().unwrap_or("none"), "redis commands go to the master the sentinels named");
         }
         *last = Some(node.addr.clone());
         drop(last);

@@ -61,7 +61,7 @@ pub async fn master_addr(
     }
 }
 
-/// Resolves when a sentinel announces that the master moved away from `current`
+/// Resolves when a sentinel announces that the master moved to another node than `current`
 /// (`+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`), with the
 /// announcement; it never resolves otherwise.
 ///
@@ -129,8 +129,15 @@ async fn listen(
         let Ok(payload) = message.get_payload::<String>() else {
             continue;
         };
-        if payload.split(' ').next() == Some(sentinels.master.as_str()) {
-            return Ok(payload);
+        // A sentinel names the promoted replica while it reconfigures the others, before
+        // it announces the switch: Herald may be there already.
+        let fields: Vec<&str> = payload.split(' ').collect();
+        if let [name, _, _, host, port] = fields[..] {
+            if name == sentinels.master
+                && format!("{}", host_port(host, port.parse().unwrap_or(0))) != current
+            {
+                return Ok(payload);
+            }
         }
     }
     Err(redis::RedisError::from(std::io::Error::other(

@@ -17,6 +17,7 @@ mod payload;
 mod redis_loss;
 mod redis_tls;
 mod scale_out;
+mod sentinel;
 mod shutdown;
 mod slow_consumer;
 mod soak;

@@ -92,10 +92,11 @@ impl Redis {
     }
 
     /// PUBSUB CHANNELS, sorted, without Herald's own control channel (`<prefix>herald#control`,
-    /// always subscribed: `channel::Prefix::control`): the channels clients made Herald hold.
+    /// always subscribed: `channel::Prefix::control`) and the sentinels' `__sentinel__:hello`:
+    /// the channels clients made Herald hold.
     pub async fn pubsub_channels(&self) -> Vec<String> {
         let mut channels: Vec<String> = self.query(redis::cmd("PUBSUB").arg("CHANNELS")).await;
-        channels.retain(|c| !c.ends_with("herald#control"));
+        channels.retain(|c| !c.ends_with("herald#control") && c != "__sentinel__:hello");
         channels.sort();
         channels
     }
