@@ -110,11 +110,17 @@ pub async fn is_master(conn: &mut impl ConnectionLike, timeout: Duration) -> Res
     let role = redis::cmd("ROLE");
     let asked = role.query_async::<Value>(conn);
     match tokio::time::timeout(timeout, asked).await {
-        Ok(Ok(Value::Array(items))) => match items.first() {
-            Some(Value::BulkString(role)) if role == b"master" => Ok(()),
-            Some(Value::SimpleString(role)) if role == "master" => Ok(()),
-            other => Err(format!("the node answers ROLE {other:?}, not master")),
-        },
+        Ok(Ok(Value::Array(items))) => {
+            let role = match items.first() {
+                Some(Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
+                Some(Value::SimpleString(role)) => role.clone(),
+                other => format!("{other:?}"),
+            };
+            match role.as_str() {
+                "master" => Ok(()),
+                _ => Err(format!("the node answers ROLE {role}, not master")),
+            }
+        }
         Ok(Ok(other)) => Err(format!("unexpected ROLE reply {other:?}")),
         Ok(Err(e)) if e.code() == Some("NOPERM") => Ok(()),
         Ok(Err(e)) => Err(format!("ROLE failed: {e}")),

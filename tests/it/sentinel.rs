@@ -135,23 +135,8 @@ async fn a_bad_sentinel_url_is_refused_clearly() {
         ("redis+sentinel://127.0.0.1:26379/", "names no master"),
         ("redis+sentinel://127.0.0.1:x/mymaster", "no valid port"),
     ] {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["--listen", "127.0.0.1:0", "--redis-url", url])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn herald");
-        let out = tokio::time::timeout(
-            secs(10),
-            tokio::task::spawn_blocking(move || child.wait_with_output()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{url}: herald still runs after 10s"))
-        .expect("join")
-        .expect("herald's output");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{url}: {stderr}");
+        let (code, stderr) = exit_of(url).await;
+        assert_eq!(code, Some(64), "{url}: {stderr}");
         assert!(
             stderr.contains("HERALD_REDIS_URL") && stderr.contains(says),
             "{url}: expected {says:?}:\n{stderr}"
@@ -175,6 +160,37 @@ async fn a_bad_sentinel_url_is_refused_clearly() {
     )
     .await;
     assert_eq!(gw.get("/readyz").await.0, 503);
+}
+
+/// Herald's exit code and stderr when started on `url`; killed if it still runs after 10s
+/// (a URL that should have been refused), so the test fails instead of hanging.
+async fn exit_of(url: &str) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--listen", "127.0.0.1:0", "--redis-url", url])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reading = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = tokio::time::Instant::now() + secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("poll herald") {
+            break status.code();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(crate::support::millis(20)).await;
+    };
+    (code, reading.join().expect("stderr reader"))
 }
 
 /// Whether a log line holds `message` and `node`.
