@@ -126,6 +126,38 @@ async fn a_killed_master_is_followed_without_loss() {
     );
 }
 
+/// A failover whose old master stays up (`SENTINEL FAILOVER`; a partition is alike): the
+/// old master keeps Herald's connection and answers as a master until the sentinels
+/// reconfigure it (10 s later, measured on redis 7.0.15), so only the sentinels'
+/// `+switch-master` can move Herald promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_with_the_old_master_alive_is_followed_promptly() {
+    let set = Sentinels::start().await;
+    let gw = Gateway::start(&set.url(), FAST_REDIS).await;
+    gw.wait_ready(secs(10)).await;
+    let mut client = Client::connect(&gw.ws_url("channels=news")).await;
+    wait_channels(&set.master, &["news"], secs(5)).await;
+
+    let old = set.master.port();
+    set.failover().await;
+    let new = set.wait_promoted(old, secs(30)).await;
+    // Well before the old master is reconfigured and drops its clients.
+    wait_channels(set.node(new), &["news"], secs(4)).await;
+    gw.wait_ready(secs(5)).await;
+    client.expect_gaps(&["news"], secs(5)).await;
+    assert_eq!(set.node(new).publish("news", "promoted").await, 1);
+    assert_eq!(
+        client.expect_message("news", secs(5)).await["data"],
+        "promoted"
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("the sentinels switched the master")),
+        "no log line tells of the switch"
+    );
+}
+
 /// A URL that cannot work stops Herald at start with exit code 64; a master name no
 /// sentinel knows leaves it running, unready, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

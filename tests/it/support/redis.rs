@@ -84,6 +84,12 @@ impl Redis {
         );
     }
 
+    /// Drops the test's own connection (the next command opens another): for a node that
+    /// closed its clients on purpose, as Sentinel has a replica do when it promotes it.
+    pub fn forget_connection(&self) {
+        *self.conn.lock().unwrap() = None;
+    }
+
     /// PUBLISH; returns how many subscribers Redis delivered to.
     pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut cmd = redis::cmd("PUBLISH");

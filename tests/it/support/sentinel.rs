@@ -94,9 +94,11 @@ impl Sentinels {
     }
 
     /// Waits until every sentinel names a master other than `old_port` and that node
-    /// answers ROLE as a master; returns its port.
+    /// answers ROLE as a master; returns its port. The promoted node closed its clients
+    /// (the sentinel's `CLIENT KILL TYPE normal` beside `REPLICAOF NO ONE`), the fixture's
+    /// own connection too: it is forgotten.
     pub async fn wait_promoted(&self, old_port: u16, timeout: Duration) -> u16 {
-        eventually("the sentinels to name a new master", timeout, async || {
+        let promoted = eventually("the sentinels to name a new master", timeout, async || {
             let mut named = Vec::new();
             for port in self.sentinel_ports() {
                 named.push(master_named(port).await.map_err(|e| e.to_string())?);
@@ -111,7 +113,18 @@ impl Sentinels {
                 other => Err(format!("{first} answers ROLE {other}")),
             }
         })
-        .await
+        .await;
+        self.node(promoted).forget_connection();
+        promoted
+    }
+
+    /// `SENTINEL FAILOVER`: promotes the replica while the old master stays up (the
+    /// sentinels turn it into a replica some seconds later).
+    pub async fn failover(&self) {
+        let ok: String = sentinel_query(self.sentinels[0].port, &["FAILOVER", MASTER])
+            .await
+            .expect("SENTINEL FAILOVER");
+        assert_eq!(ok, "OK");
     }
 
     /// The fixture for the node on `port` (the master or the replica).
