@@ -3,6 +3,7 @@
 //! ```text
 //! loop:
 //!   connect (deadline) ──fail──► wait (jittered backoff; ~30s if credentials refused) ─┐
+//!     to the URL's node, or the master the sentinels name now (ROLE must say master)   │
 //!   history on: command connection, FUNCTION LOAD REPLACE the library                  │
 //!   resubscribe the hub's union in batches (history channels hold live meanwhile)      │
 //!   gap-fill: history channels read what they missed; the others get `gap`            │
@@ -12,6 +13,7 @@
 //!              sessions' history requests -> one read per channel;                     │
 //!              every interval PING must answer (then the backoff resets), library kept │
 //!   any end of either = connection lost ───────────────────────────────────────────────┘
+//!   (on Sentinel, `+switch-master` to another node also = lost, and no wait follows)
 //! ```
 //!
 //! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions

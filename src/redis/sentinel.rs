@@ -129,13 +129,12 @@ async fn listen(
         let Ok(payload) = message.get_payload::<String>() else {
             continue;
         };
-        // A sentinel names the promoted replica while it reconfigures the others, before
-        // it announces the switch: Herald may be there already.
+        // Herald may be on the new master already: a connection lost in the failover was
+        // dialled again, to whatever the sentinels named, before this announcement came.
         let fields: Vec<&str> = payload.split(' ').collect();
         if let [name, _, _, host, port] = fields[..] {
-            if name == sentinels.master
-                && format!("{}", host_port(host, port.parse().unwrap_or(0))) != current
-            {
+            let moved_to = host_port(host, port.parse().unwrap_or(0));
+            if name == sentinels.master && moved_to != current {
                 return Ok(payload);
             }
         }
