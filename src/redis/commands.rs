@@ -4,7 +4,8 @@
 //! In place of redis-rs's `ConnectionManager`, which re-dials the address it was built
 //! with (research notes 4.4): after a failover that is the old master, dead or demoted.
 //! A reply of READONLY (a demoted master refusing a write) drops the connection as a
-//! broken one does; the next command asks the sentinels again. A failed command is not
+//! broken one does, and so does a move of the master the subscriber saw
+//! (`Locator::moved`); the next command asks the sentinels again. A failed command is not
 //! retried here: after a lost connection nobody knows whether it ran (a PUBLISH twice
 //! would be two publications), so the caller hears the error, as with the manager.
 
@@ -38,6 +39,8 @@ struct Shared {
 struct Current {
     /// Which dial made it: a failure drops this connection, never a newer one.
     dial: u64,
+    /// `Locator::moves` when it was made.
+    moves: u64,
     addr: String,
     conn: MultiplexedConnection,
 }
@@ -55,12 +58,19 @@ impl Commands {
         }))
     }
 
+    /// The connection in use, unless the master moved since it was made.
     fn current(&self) -> Option<Current> {
-        let current = self
+        let mut current = self
             .0
             .current
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.moves != self.0.locator.moves())
+        {
+            *current = None;
+        }
         current.clone()
     }
 
@@ -73,6 +83,7 @@ impl Commands {
             return Ok(current);
         }
         let timeout = self.0.timeout;
+        let moves = self.0.locator.moves();
         let node = self
             .0
             .locator
@@ -103,6 +114,7 @@ impl Commands {
         drop(last);
         let current = Current {
             dial,
+            moves,
             addr: node.addr,
             conn,
         };

@@ -1,6 +1,7 @@
 //! Which node to dial now: the one URL of a single node, or the master the sentinels name,
 //! asked again at every connect (a failover moves it; redis-rs would re-dial the old one).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -45,6 +46,11 @@ pub struct Locator {
     tls: TlsFiles,
     /// The single node's clients, made once (a bad URL fails at startup, as before).
     single: Option<Node>,
+    /// Counts the master moves the subscriber saw: a command connection made before the
+    /// last one is on the old master. That one may still answer as a master for seconds
+    /// after the switch (10 s measured, `sentinel::switched`), so a command sent there
+    /// would succeed where no instance listens.
+    moves: AtomicU64,
 }
 
 impl Locator {
@@ -64,7 +70,18 @@ impl Locator {
             target,
             tls,
             single,
+            moves: AtomicU64::new(0),
         })
+    }
+
+    /// The master moved: command connections made before are to be replaced.
+    pub fn moved(&self) {
+        self.moves.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many moves were seen: a connection made at an older count is to be replaced.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
     }
 
     pub fn target(&self) -> &Target {

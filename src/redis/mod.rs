@@ -216,7 +216,9 @@ impl Subscriber {
             let wait = if lost.is_refused() {
                 REFUSED_RETRY.mul_f64(rand::random_range(0.5..=1.0))
             } else if let Lost::Switched(_) = lost {
-                // The sentinels named the new master already: dial it now.
+                // The sentinels named the new master already: dial it now, and so must
+                // the command connections.
+                self.locator.moved();
                 Duration::ZERO
             } else {
                 backoff.next_delay()
@@ -273,6 +275,9 @@ impl Subscriber {
             }
             Err(e) => return Lost::Connect(e.to_string()),
         };
+        if at.as_ref().is_some_and(|last| *last != node.addr) {
+            self.locator.moved();
+        }
         *at = Some(node.addr.clone());
         let intake = Intake::new(self.settings.intake_max_bytes);
         // However this connection ends, a push blocked at the bound must not stay blocked.

@@ -129,14 +129,21 @@ async fn a_killed_master_is_followed_without_loss() {
 /// A failover whose old master stays up (`SENTINEL FAILOVER`; a partition is alike): the
 /// old master keeps Herald's connection and answers as a master until the sentinels
 /// reconfigure it (10 s later, measured on redis 7.0.15), so only the sentinels'
-/// `+switch-master` can move Herald promptly.
+/// `+switch-master` can move Herald promptly: its subscriber, and the server API's command
+/// connection, which would otherwise publish where nobody listens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_with_the_old_master_alive_is_followed_promptly() {
     let set = Sentinels::start().await;
-    let gw = Gateway::start(&set.url(), FAST_REDIS).await;
+    let args = [FAST_REDIS, &["--api-key", KEY]].concat();
+    let gw = Gateway::start(&set.url(), &args).await;
     gw.wait_ready(secs(10)).await;
     let mut client = Client::connect(&gw.ws_url("channels=news")).await;
     wait_channels(&set.master, &["news"], secs(5)).await;
+    assert_eq!(api_publish(&gw, "news", json!("before")).await.0, 200);
+    assert_eq!(
+        client.expect_message("news", secs(5)).await["data"],
+        "before"
+    );
 
     let old = set.master.port();
     set.failover().await;
@@ -149,6 +156,11 @@ async fn a_failover_with_the_old_master_alive_is_followed_promptly() {
     assert_eq!(
         client.expect_message("news", secs(5)).await["data"],
         "promoted"
+    );
+    assert_eq!(api_publish(&gw, "news", json!("via the api")).await.0, 200);
+    assert_eq!(
+        client.expect_message("news", secs(5)).await["data"],
+        "via the api"
     );
     assert!(
         gw.logs()
