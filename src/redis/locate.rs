@@ -56,7 +56,7 @@ pub struct Locator {
 impl Locator {
     pub fn new(target: Target, tls: TlsFiles) -> redis::RedisResult<Locator> {
         let single = match &target {
-            Target::Single(url) => Some(node(url.clone(), url, &tls, false)?),
+            Target::Single(url) => Some(node(single_addr(url), url, &tls, false)?),
             Target::Sentinel(s) => {
                 // The same checks for the sentinel URLs and a node URL at startup.
                 for addr in &s.addrs {
@@ -108,6 +108,18 @@ impl Locator {
     }
 }
 
+/// `host:port` of a single node's URL, for logs: never the URL, which may hold a password.
+fn single_addr(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("?");
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host_port(host, url.port().unwrap_or(6379))
+        }
+        Err(_) => "<unparsable>".into(),
+    }
+}
+
 fn node(addr: String, url: &str, tls: &TlsFiles, check_role: bool) -> redis::RedisResult<Node> {
     let client = super::client_for(url, tls)?;
     Ok(Node {
@@ -142,5 +154,16 @@ pub async fn is_master(conn: &mut impl ConnectionLike, timeout: Duration) -> Res
         Ok(Err(e)) if e.code() == Some("NOPERM") => Ok(()),
         Ok(Err(e)) => Err(format!("ROLE failed: {e}")),
         Err(_) => Err(format!("ROLE: no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_node_is_logged_without_its_password() {
+        assert_eq!(single_addr("redis://:hunter2@cache:6380/1"), "cache:6380");
+        assert_eq!(single_addr("rediss://u:pw@[::1]/"), "[::1]:6379");
     }
 }
