@@ -8,7 +8,6 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use prometheus::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -28,7 +27,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::readiness::Readiness;
-use crate::redis::{Settings as RedisSettings, Subscriber, TlsFiles};
+use crate::redis::{Commands, Settings as RedisSettings, Subscriber, TlsFiles};
 use crate::session::{self, Shared};
 use crate::tape::Budget;
 
@@ -104,16 +103,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         backoff_max: config.redis_backoff_max,
     };
     let disconnects = Arc::new(Disconnects::default());
+    let locator = Arc::new(crate::redis::locator(&redis_settings).map_err(AppError::Redis)?);
     // Commands for the server API and the channel counts: connected when first used and
-    // again after a failure, apart from the subscriber connection.
-    let commands = ConnectionManager::new_lazy_with_config(
-        crate::redis::client(&redis_settings).map_err(AppError::Redis)?,
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.redis_timeout))
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_number_of_retries(1),
-    )
-    .map_err(AppError::Redis)?;
+    // again, to the master of the moment, after a failure; apart from the subscriber.
+    let commands = Commands::new(locator.clone(), config.redis_timeout);
     let presence = Arc::new(Presence::new(
         hub.clone(),
         readiness.clone(),
@@ -133,12 +126,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
     let subscriber = Subscriber::new(
         redis_settings,
+        locator,
         hub.clone(),
         metrics.clone(),
         readiness.clone(),
         disconnects.clone(),
-    )
-    .map_err(AppError::Redis)?;
+    );
 
     let auth = Arc::new(Auth::new(auth_settings(&config)?).map_err(AppError::Auth)?);
     let settings = session::Settings {

@@ -30,7 +30,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis to subscribe to: redis://[:password@]host[:port][/db] or rediss:// for TLS.
+    /// Redis to subscribe to: redis://[:password@]host[:port][/db] or rediss:// for TLS; or
+    /// through Sentinel, redis+sentinel://[user:pass@]host:port[,host:port...]/<master-name>
+    /// (rediss+sentinel:// for TLS to sentinels and nodes): the master is asked of the
+    /// sentinels at every connect and followed across failovers. The user and password are
+    /// for the master and replicas only; sentinels are asked without credentials. Or a
+    /// Redis Cluster, redis+cluster://[user:pass@]host:port[,host:port...] (seed nodes;
+    /// rediss+cluster:// for TLS): channels are subscribed with SSUBSCRIBE on their master.
     /// (Its live value, which may hold a password, is never echoed by --help.)
     #[arg(
         long,
@@ -319,13 +325,17 @@ impl Config {
             ));
         }
         let tls_files = self.redis_ca_file.is_some() || self.redis_client_cert.is_some();
-        if tls_files && !self.redis_url.starts_with("rediss://") {
+        let tls = ["rediss://", "rediss+sentinel://"];
+        if tls_files && !tls.iter().any(|s| self.redis_url.starts_with(s)) {
             return Err(Invalid(
-                "HERALD_REDIS_CA_FILE and HERALD_REDIS_CLIENT_CERT need a rediss:// HERALD_REDIS_URL"
+                "HERALD_REDIS_CA_FILE and HERALD_REDIS_CLIENT_CERT need a rediss:// (or \
+                 rediss+sentinel://) HERALD_REDIS_URL"
                     .into(),
             ));
         }
-        redis_url_scheme_ok(&self.redis_url)
+        crate::redis::target::Target::parse(&self.redis_url)
+            .map(drop)
+            .map_err(Invalid)
     }
 
     /// A copy fit for logs: the Redis password and the JWT secret masked.
@@ -343,41 +353,7 @@ impl Config {
 
     /// The Redis URL with any password replaced, fit for logs.
     pub fn redis_url_masked(&self) -> String {
-        // A cluster URL lists several hosts, which `url` does not parse: mask by hand.
-        if crate::redis::topology::is_cluster_url(&self.redis_url) {
-            let (scheme, rest) = self.redis_url.split_once("://").unwrap_or_default();
-            return match rest.rsplit_once('@') {
-                Some((user, hosts)) => {
-                    let user = user.split_once(':').map_or(user, |(user, _)| user);
-                    format!("{scheme}://{user}:***@{hosts}")
-                }
-                None => self.redis_url.clone(),
-            };
-        }
-        match url::Url::parse(&self.redis_url) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            Ok(url) => url.to_string(),
-            Err(_) => "<unparsable>".into(),
-        }
-    }
-}
-
-fn redis_url_scheme_ok(raw: &str) -> Result<(), Invalid> {
-    if crate::redis::topology::is_cluster_url(raw) {
-        return crate::redis::topology::seeds(raw)
-            .map(drop)
-            .map_err(|e| Invalid(format!("HERALD_REDIS_URL: {e}")));
-    }
-    let url =
-        url::Url::parse(raw).map_err(|e| Invalid(format!("HERALD_REDIS_URL is not a URL: {e}")))?;
-    match url.scheme() {
-        "redis" | "rediss" => Ok(()),
-        other => Err(Invalid(format!(
-            "HERALD_REDIS_URL scheme must be redis or rediss, not {other}"
-        ))),
+        crate::redis::target::Target::masked(&self.redis_url)
     }
 }
 
@@ -476,6 +452,14 @@ mod tests {
     #[test]
     fn rejects_what_cannot_work() {
         assert!(parse(&["--redis-url", "http://x"]).validate().is_err());
+        let sentinel = "redis+sentinel://:pw@s1:26379,s2:26379/mymaster";
+        assert_eq!(parse(&["--redis-url", sentinel]).validate(), Ok(()));
+        let no_master = parse(&["--redis-url", "redis+sentinel://s1:26379"]).validate();
+        assert!(no_master.is_err_and(|e| e.0.contains("names no master")));
+        let cluster = parse(&["--redis-url", "redis+cluster://c1:7000,c2:7001"]).validate();
+        assert_eq!(cluster, Ok(()));
+        let no_port = parse(&["--redis-url", "redis+cluster://c1:x"]).validate();
+        assert!(no_port.is_err_and(|e| e.0.contains("no valid port")));
         assert!(parse(&["--channel-prefix", "a b"]).validate().is_err());
         assert!(parse(&["--write-timeout", "0s"]).validate().is_err());
         let config = parse(&["--redis-backoff-base", "2s", "--redis-backoff-max", "1s"]);

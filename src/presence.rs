@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -25,6 +24,7 @@ use tracing::{debug, warn};
 use crate::channel::Prefix;
 use crate::hub::Hub;
 use crate::readiness::Readiness;
+use crate::redis::Commands;
 
 /// Fields per HSET or HDEL when writing many.
 const CHUNK: usize = 1000;
@@ -34,7 +34,7 @@ pub struct Presence {
     /// Writes wait for the subscriber connection: while it is down (refused credentials
     /// above all) they would be one more failed AUTH per interval.
     readiness: Arc<Readiness>,
-    redis: ConnectionManager,
+    redis: Commands,
     interval: Duration,
     /// This instance's hash.
     key: String,
@@ -51,7 +51,7 @@ impl Presence {
     pub fn new(
         hub: Arc<Hub>,
         readiness: Arc<Readiness>,
-        redis: ConnectionManager,
+        redis: Commands,
         prefix: &Prefix,
         interval: Duration,
     ) -> Presence {
@@ -185,7 +185,7 @@ impl Presence {
         Ok(counts.into_iter().flatten().sum())
     }
 
-    async fn other_instances(&self, conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
+    async fn other_instances(&self, conn: &mut Commands) -> RedisResult<Vec<String>> {
         let mut ids: Vec<String> = ::redis::cmd("SMEMBERS")
             .arg(&self.instances)
             .query_async(conn)
@@ -198,7 +198,7 @@ impl Presence {
     /// has none either; it lists itself again at its next write).
     async fn forget_dead(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Commands,
         ids: &[String],
         empty: impl Iterator<Item = bool>,
     ) {

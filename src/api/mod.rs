@@ -30,7 +30,7 @@ pub struct Api {
     /// `None`: the API is off.
     pub key: Option<String>,
     pub max_body: usize,
-    pub redis: ::redis::aio::ConnectionManager,
+    pub redis: crate::redis::Commands,
     pub prefix: Prefix,
     pub history: Rules,
     pub hub: Arc<Hub>,

@@ -1,9 +1,9 @@
 //! `POST /api/publish` and `POST /api/disconnect`: both are one command to Redis.
 //!
-//! A publication goes the way a backend's would: `PUBLISH`, or on a history channel
-//! `FCALL herald_publish`, so it is numbered and kept atomically and every instance
-//! (this one too) receives it from Redis. `data` is published as the JSON text it arrived
-//! as, so subscribers receive it exactly as sent.
+//! A publication goes the way a backend's would: `PUBLISH` (`SPUBLISH` on a Cluster), or
+//! on a history channel `FCALL herald_publish`, so it is numbered and kept atomically and
+//! every instance (this one too) receives it from Redis. `data` is published as the JSON
+//! text it arrived as, so subscribers receive it exactly as sent.
 
 use serde_json::{json, value::RawValue, Value};
 
@@ -29,7 +29,13 @@ impl Api {
         let redis_channel = self.prefix.to_redis(channel);
         let mut conn = self.redis.clone();
         if self.history.find(channel).is_none() {
-            let mut publish = ::redis::cmd("PUBLISH");
+            // On a Cluster, to the channel's master only, where Herald SSUBSCRIBEs it.
+            let command = if self.redis.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            };
+            let mut publish = ::redis::cmd(command);
             publish.arg(&redis_channel).arg(data);
             let _: i64 = publish
                 .query_async(&mut conn)

@@ -3,6 +3,7 @@
 //! ```text
 //! loop:
 //!   connect (deadline) ──fail──► wait (jittered backoff; ~30s if credentials refused) ─┐
+//!     to the URL's node, or the master the sentinels name now (ROLE must say master)   │
 //!   history on: command connection, FUNCTION LOAD REPLACE the library                  │
 //!   resubscribe the hub's union in batches (history channels hold live meanwhile)      │
 //!   gap-fill: history channels read what they missed; the others get `gap`            │
@@ -12,6 +13,7 @@
 //!              sessions' history requests -> one read per channel;                     │
 //!              every interval PING must answer (then the backoff resets), library kept │
 //!   any end of either = connection lost ───────────────────────────────────────────────┘
+//!   (on Sentinel, `+switch-master` to another node also = lost, and no wait follows)
 //! ```
 //!
 //! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
@@ -24,13 +26,17 @@
 //! refuses is refused to its subscribers instead: `reconcile`). The probe catches
 //! the silent failure (half-open TCP, a wedged proxy) where nothing arrives and nothing errs.
 
+mod commands;
 mod history;
 mod intake;
 mod io;
+mod locate;
 mod outage;
 mod reconcile;
+mod sentinel;
 mod shards;
 mod store;
+pub mod target;
 pub mod topology;
 
 use std::sync::Arc;
@@ -49,12 +55,18 @@ use crate::history::Rules;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+pub use commands::Commands;
+pub use locate::Locator;
+
 use history::History;
 use intake::{CloseOnDrop, Intake};
 use io::Io;
+use locate::{is_master, Node, Unlocated};
 use outage::{Lost, Outage, REFUSED_RETRY};
 use reconcile::{BatchError, Reconciler};
+use sentinel::Unasked;
 use store::Store;
+use target::Target;
 
 /// PEM contents for TLS to Redis beyond the URL: a private CA, a client certificate.
 #[derive(Debug, Clone, Default)]
@@ -82,16 +94,22 @@ pub struct Settings {
     pub backoff_max: Duration,
 }
 
+/// How long to wait before listening on the next sentinel when one fails.
+const SENTINEL_PAUSE: Duration = Duration::from_secs(1);
+
+/// Where the settings say Redis is, read once.
+pub fn locator(settings: &Settings) -> redis::RedisResult<Locator> {
+    let target = Target::parse(&settings.url).map_err(|e| {
+        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    })?;
+    Locator::new(target, settings.tls.clone())
+}
+
 /// A client for the URL, with the CA and client certificate when configured.
-pub fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
-    if topology::is_cluster_url(&settings.url) {
-        let seeds = topology::seeds(&settings.url)
-            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-        return redis::Client::open(seeds[0].clone());
-    }
-    let TlsFiles { ca, client } = &settings.tls;
+pub fn client_for(url: &str, tls: &TlsFiles) -> redis::RedisResult<redis::Client> {
+    let TlsFiles { ca, client } = tls;
     if ca.is_none() && client.is_none() {
-        return redis::Client::open(settings.url.as_str());
+        return redis::Client::open(url);
     }
     let certificates = redis::TlsCertificates {
         client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
@@ -100,7 +118,7 @@ pub fn client(settings: &Settings) -> redis::RedisResult<redis::Client> {
         }),
         root_cert: ca.clone(),
     };
-    redis::Client::build_with_tls(settings.url.as_str(), certificates)
+    redis::Client::build_with_tls(url, certificates)
 }
 
 /// Marks Redis down when dropped: the subscriber thread holds one for its whole life.
@@ -114,9 +132,8 @@ impl Drop for Unready {
 }
 
 pub struct Subscriber {
-    /// For commands (history); the subscriber connection uses `pubsub`, the same in RESP3.
-    client: redis::Client,
-    pubsub: redis::Client,
+    /// Where to connect, asked again at every connect.
+    locator: Arc<Locator>,
     settings: Settings,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -131,31 +148,22 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(
         settings: Settings,
+        locator: Arc<Locator>,
         hub: Arc<Hub>,
         metrics: Metrics,
         readiness: Arc<Readiness>,
         disconnects: Arc<Disconnects>,
-    ) -> redis::RedisResult<Self> {
-        let cluster = topology::is_cluster_url(&settings.url)
-            .then(|| topology::seeds(&settings.url))
-            .transpose()
-            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-        // On a Cluster the clients below point at the first seed and go unused.
-        let client = match &cluster {
-            Some(seeds) => redis::Client::open(seeds[0].clone())?,
-            None => client(&settings)?,
-        };
-        Ok(Subscriber {
-            cluster,
-            pubsub: io::resp3(&client)?,
-            client,
+    ) -> Self {
+        Subscriber {
+            cluster: locator.target().seeds(),
+            locator,
             control: settings.prefix.control(),
             settings,
             disconnects,
             hub,
             metrics,
             readiness,
-        })
+        }
     }
 
     /// Runs the subscriber on a thread of its own with a single-threaded runtime, until
@@ -195,11 +203,14 @@ impl Subscriber {
     async fn run(self, io: &Io, mut requests: Requests, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
         let mut outage = Outage::default();
+        // The node of the last connection (or attempt), for the logs.
+        let mut node = None;
         loop {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                lost = self.serve(io, &mut backoff, &mut outage, &mut requests) => lost,
+                lost = self.serve(io, &mut backoff, &mut outage, &mut requests, &mut node) => lost,
             };
+            let node = node.as_deref().unwrap_or("-");
             self.readiness.set_redis_up(false);
             self.metrics.redis_connected.set(0);
             self.metrics.channels.set(0);
@@ -209,6 +220,11 @@ impl Subscriber {
             let new_outage = outage.begin();
             let wait = if lost.is_refused() {
                 REFUSED_RETRY.mul_f64(rand::random_range(0.5..=1.0))
+            } else if let Lost::Switched(_) = lost {
+                // The sentinels named the new master already: dial it now, and so must
+                // the command connections.
+                self.locator.moved();
+                Duration::ZERO
             } else {
                 backoff.next_delay()
             };
@@ -221,10 +237,18 @@ impl Subscriber {
                      HERALD_REDIS_URL (and the user's ACL); retrying about every {:?}",
                     REFUSED_RETRY
                 );
+            } else if let (true, Lost::UnknownMaster(name)) = (new_outage, &lost) {
+                tracing::error!(
+                    cause = %lost,
+                    retry_in = ?wait,
+                    "no sentinel knows a master named {name:?}: check the name after the \
+                     hosts in HERALD_REDIS_URL (the <name> of `sentinel monitor <name> ...`); \
+                     not ready until one does"
+                );
             } else if new_outage {
-                warn!(cause = %lost, retry_in = ?wait, ?ceiling, "redis subscriber connection down");
+                warn!(cause = %lost, node, retry_in = ?wait, ?ceiling, "redis subscriber connection down");
             } else {
-                debug!(cause = %lost, retry_in = ?wait, ?ceiling, "redis subscriber still down");
+                debug!(cause = %lost, node, retry_in = ?wait, ?ceiling, "redis subscriber still down");
             }
             // While down, requests cannot be served: dropping one answers "cannot tell".
             let sleep = tokio::time::sleep(wait);
@@ -246,6 +270,7 @@ impl Subscriber {
         backoff: &mut Backoff,
         outage: &mut Outage,
         requests: &mut Requests,
+        at: &mut Option<String>,
     ) -> Lost {
         if let Some(seeds) = &self.cluster {
             return self
@@ -253,23 +278,52 @@ impl Subscriber {
                 .await;
         }
         let timeout = self.settings.timeout;
+        let node = match self.locator.master(timeout).await {
+            Ok(node) => node,
+            Err(Unlocated::Sentinels(Unasked::UnknownMaster(name))) => {
+                return Lost::UnknownMaster(name)
+            }
+            Err(e) => return Lost::Connect(e.to_string()),
+        };
+        if at.as_ref().is_some_and(|last| *last != node.addr) {
+            self.locator.moved();
+        }
+        *at = Some(node.addr.clone());
         let intake = Intake::new(self.settings.intake_max_bytes);
         // However this connection ends, a push blocked at the bound must not stay blocked.
         let _closing = CloseOnDrop(intake.clone());
-        let connect = io.connect(&self.pubsub, &intake, timeout);
+        let connect = io.connect(&node.pubsub, &intake, timeout);
         let conn = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Lost::connect(BatchError::Redis(e)),
             Err(_) => return Lost::connect(BatchError::Timeout(timeout)),
         };
+        if node.check_role {
+            if let Err(e) = is_master(&mut conn.clone(), timeout).await {
+                return Lost::Connect(e);
+            }
+        }
         // Publications are fanned out from the first: held back until the resubscribe
         // and fill ended, they filled the intake, the connection was no longer read, a
         // SUBSCRIBE reply behind them never came, and the connection was lost again, in a
         // loop (tests/it/intake.rs). A tape being filled holds what arrives meanwhile.
         tokio::select! {
             lost = self.read(&intake) => lost,
-            lost = self.establish(conn, &intake, backoff, outage, requests) => lost,
+            lost = self.establish(conn, &node, &intake, backoff, outage, requests) => lost,
+            lost = self.switched(&node) => lost,
         }
+    }
+
+    /// Resolves when the sentinels announce another master than `node`; never for a
+    /// single node.
+    async fn switched(&self, node: &Node) -> Lost {
+        let Target::Sentinel(sentinels) = self.locator.target() else {
+            return std::future::pending().await;
+        };
+        let (tls, timeout) = (self.locator.tls(), self.settings.timeout);
+        let announced =
+            sentinel::switched(sentinels, tls, &node.addr, timeout, SENTINEL_PAUSE).await;
+        Lost::Switched(announced)
     }
 
     /// Resubscribes, fills and, once ready, follows the hub (`control`); returns only when
@@ -277,6 +331,7 @@ impl Subscriber {
     async fn establish(
         &self,
         conn: redis::aio::MultiplexedConnection,
+        node: &Node,
         intake: &Intake,
         backoff: &mut Backoff,
         outage: &mut Outage,
@@ -286,7 +341,7 @@ impl Subscriber {
         let store = if self.settings.history.is_empty() {
             None
         } else {
-            let connect = Store::connect(&self.client, timeout, self.settings.history_timeout);
+            let connect = Store::connect(&node.client, timeout, self.settings.history_timeout);
             let mut store = match connect.await {
                 Ok(store) => store,
                 Err(e) => return Lost::connect(e),
@@ -328,11 +383,12 @@ impl Subscriber {
         match ended {
             Some((down_for, attempts)) => info!(
                 channels = resubscribed,
+                node = %node.addr,
                 ?down_for,
                 attempts,
                 "redis subscriber reconnected and resubscribed"
             ),
-            None => info!(channels = resubscribed, "redis subscriber connected"),
+            None => info!(channels = resubscribed, node = %node.addr, "redis subscriber connected"),
         }
         self.control(&mut reconciler, &mut history, requests, backoff)
             .await

@@ -19,6 +19,10 @@ pub enum Lost {
     StreamEnded,
     Batch(BatchError),
     Probe(BatchError),
+    /// No sentinel knows the master's name (a wrong name in the URL, most likely).
+    UnknownMaster(String),
+    /// The sentinels announced a new master (`+switch-master ...`).
+    Switched(String),
 }
 
 impl Lost {
@@ -58,6 +62,10 @@ impl std::fmt::Display for Lost {
             Lost::StreamEnded => f.write_str("connection closed"),
             Lost::Batch(e) => write!(f, "{e}"),
             Lost::Probe(e) => write!(f, "liveness probe failed: {e}"),
+            Lost::UnknownMaster(name) => write!(f, "no sentinel knows a master named {name:?}"),
+            Lost::Switched(announced) => {
+                write!(f, "the sentinels switched the master: {announced}")
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::support::metrics::Scrape;
 use crate::support::{eventually, http, millis, secs, Client, Gateway, Redis};
 
 /// The API key of these tests: distinctive, so a leak into the logs is found by search.
-const KEY: &str = "api-key-PLUGH-3f9c1e7a0d";
+pub const KEY: &str = "api-key-PLUGH-3f9c1e7a0d";
 
 /// The metric family, and every value its `endpoint` label may take (bounded labels).
 const REQUESTS: &str = "herald_api_requests_total";
@@ -851,7 +851,7 @@ async fn call_raw(
 }
 
 /// A request with the right key that must answer 200 with a JSON object; returns it.
-async fn api(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Value {
+pub async fn api(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Value {
     let body = body.map(|b| b.to_string().into_bytes());
     let (status, text) = call(gw, method, path, Some(KEY), body).await;
     assert_eq!(status, 200, "{method} {path}: {text}");
@@ -861,13 +861,13 @@ async fn api(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Val
     answer
 }
 
-async fn publish(gw: &Gateway, channel: &str, data: Value) -> Value {
+pub async fn publish(gw: &Gateway, channel: &str, data: Value) -> Value {
     let body = json!({"channel": channel, "data": data});
     api(gw, "POST", "/api/publish", Some(body)).await
 }
 
 /// Publishes on a history channel: the answer must be exactly `{"offset": "<offset>"}`.
-async fn publish_kept(gw: &Gateway, channel: &str, data: Value) -> Offset {
+pub async fn publish_kept(gw: &Gateway, channel: &str, data: Value) -> Offset {
     let answer = publish(gw, channel, data).await;
     match answer.as_object().map(|o| (o.len(), o.get("offset"))) {
         Some((1, Some(Value::String(offset)))) => Offset::parse(offset),
@@ -949,7 +949,7 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 /// `GET /api/channels[?scope=cluster]` as channel -> subscribers; a channel listed twice,
 /// or an entry of another shape, fails.
-async fn list_channels(gw: &Gateway, cluster: bool) -> BTreeMap<String, u64> {
+pub async fn list_channels(gw: &Gateway, cluster: bool) -> BTreeMap<String, u64> {
     let path = if cluster {
         "/api/channels?scope=cluster"
     } else {
@@ -972,7 +972,7 @@ async fn list_channels(gw: &Gateway, cluster: bool) -> BTreeMap<String, u64> {
 }
 
 /// `GET /api/channel?name=<channel>[&scope=cluster]`: its `subscribers`.
-async fn channel_subscribers(gw: &Gateway, channel: &str, cluster: bool) -> u64 {
+pub async fn channel_subscribers(gw: &Gateway, channel: &str, cluster: bool) -> u64 {
     let scope = if cluster { "&scope=cluster" } else { "" };
     let path = format!("/api/channel?name={channel}{scope}");
     let answer = api(gw, "GET", &path, None).await;

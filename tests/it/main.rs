@@ -19,6 +19,7 @@ mod payload;
 mod redis_loss;
 mod redis_tls;
 mod scale_out;
+mod sentinel;
 mod sharded;
 mod shutdown;
 mod slow_consumer;

@@ -366,3 +366,80 @@ async fn a_new_master_gets_the_library_and_the_channels_that_move_to_it() {
         "no master lacked the library: nothing had to start over"
     );
 }
+
+/// The server API on a Cluster: a publication is routed to its channel's master (SPUBLISH,
+/// or FCALL on a history channel) and reaches every instance's subscribers; counts across
+/// instances and a user's disconnect work as on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_works_the_same_on_a_cluster() {
+    use crate::access::{token, SECRET};
+    use crate::api::{api, channel_subscribers, list_channels, publish, publish_kept, KEY};
+
+    let cluster = Cluster::start().await;
+    let args = [
+        "--api-key",
+        KEY,
+        "--jwt-secret",
+        SECRET,
+        "--history",
+        "h:*=100/5m",
+    ];
+    let gws = [
+        Gateway::start(&cluster.seeds(), &args).await,
+        Gateway::start(&cluster.seeds(), &args).await,
+    ];
+    for gw in &gws {
+        gw.wait_ready(secs(20)).await;
+    }
+    let alice = token("alice", &["news", "h:chat"], 300);
+    let bob = token("bob", &["news"], 300);
+    let query = |t: &str, channels: &str| format!("token={t}&channels={channels}");
+    let mut alices = Client::connect(&gws[0].ws_url(&query(&alice, "news,h:chat"))).await;
+    let mut bobs = Client::connect(&gws[1].ws_url(&query(&bob, "news"))).await;
+    let held: BTreeSet<String> = ["news", "h:chat"].map(String::from).into();
+    wait_carried(&cluster, &held, secs(20)).await;
+    assert_ne!(
+        cluster.master_of("news").await,
+        cluster.master_of("h:chat").await,
+        "two masters are involved"
+    );
+
+    assert_eq!(publish(&gws[1], "news", json!({"n": 1})).await, json!({}));
+    for client in [&mut alices, &mut bobs] {
+        assert_eq!(
+            client.expect_message("news", secs(5)).await["data"],
+            json!({"n": 1})
+        );
+    }
+    let offset = publish_kept(&gws[1], "h:chat", json!("hi")).await;
+    let got = alices.expect_message("h:chat", secs(5)).await;
+    assert_eq!(got["offset"], offset.text.as_str(), "{got}");
+
+    let expected: BTreeMap<String, u64> =
+        [("news".to_string(), 2), ("h:chat".to_string(), 1)].into();
+    eventually("cluster-wide counts", secs(15), async || {
+        let listed = list_channels(&gws[0], true).await;
+        (listed == expected).then_some(()).ok_or(listed)
+    })
+    .await;
+    assert_eq!(channel_subscribers(&gws[1], "news", true).await, 2);
+    let chat = api(&gws[0], "GET", "/api/channel?name=h:chat", None).await;
+    assert_eq!(chat["history"]["size"], 1, "{chat}");
+
+    api(
+        &gws[1],
+        "POST",
+        "/api/disconnect",
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    assert_eq!(
+        alices.expect_close(secs(5)).await,
+        (4003, "disconnected".to_owned())
+    );
+    publish(&gws[0], "news", json!({"n": 2})).await;
+    assert_eq!(
+        bobs.expect_message("news", secs(5)).await["data"],
+        json!({"n": 2})
+    );
+}

@@ -1,5 +1,6 @@
-//! Fixtures that start real things: redis-server, the `herald` binary, WebSocket clients,
-//! a freezable TCP proxy; and the helpers to wait on them with bounded timeouts.
+//! Fixtures that start real things: redis-server (alone, or a master, a replica and three
+//! sentinels), the `herald` binary, WebSocket clients, a freezable TCP proxy; and the
+//! helpers to wait on them with bounded timeouts.
 
 // Each test uses a different subset of the fixtures.
 #![allow(dead_code)]
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -23,6 +25,7 @@ pub use eventually::eventually;
 pub use gateway::Gateway;
 pub use proxy::Proxy;
 pub use redis::Redis;
+pub use sentinel::Sentinels;
 
 /// Short hand for the many timeouts in the tests.
 pub fn secs(s: u64) -> Duration {

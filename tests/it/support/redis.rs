@@ -84,6 +84,12 @@ impl Redis {
         );
     }
 
+    /// Drops the test's own connection (the next command opens another): for a node that
+    /// closed its clients on purpose, as Sentinel has a replica do when it promotes it.
+    pub fn forget_connection(&self) {
+        *self.conn.lock().unwrap() = None;
+    }
+
     /// PUBLISH; returns how many subscribers Redis delivered to.
     pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut cmd = redis::cmd("PUBLISH");
@@ -92,10 +98,11 @@ impl Redis {
     }
 
     /// PUBSUB CHANNELS, sorted, without Herald's own control channel (`<prefix>herald#control`,
-    /// always subscribed: `channel::Prefix::control`): the channels clients made Herald hold.
+    /// always subscribed: `channel::Prefix::control`) and the sentinels' `__sentinel__:hello`:
+    /// the channels clients made Herald hold.
     pub async fn pubsub_channels(&self) -> Vec<String> {
         let mut channels: Vec<String> = self.query(redis::cmd("PUBSUB").arg("CHANNELS")).await;
-        channels.retain(|c| !c.ends_with("herald#control"));
+        channels.retain(|c| !c.ends_with("herald#control") && c != "__sentinel__:hello");
         channels.sort();
         channels
     }
