@@ -6,8 +6,9 @@
 # Herald keeps history on the `hist.*` channels (contract 1.1), which only the history
 # runs use: fanout through FCALL herald_publish, resume, and api_publish's history legs.
 # Its server API is on (--api-key) for api_publish.
-# Then fanout and channels once more against a second Herald on a 3-master Redis Cluster
-# (`--redis redis+cluster://...`: SPUBLISH to each channel's master), ~10 s more.
+# Then fanout, channels and fanout through FCALL once more against a second Herald on a
+# 3-master Redis Cluster (`--redis redis+cluster://...`: SPUBLISH, or FCALL, to each
+# channel's master), ~8 s more.
 #
 #   loadtest/smoke.sh          # ~40 s after the build
 #
@@ -107,7 +108,7 @@ start_cluster "$work/cluster" "${ports[@]}"
 cluster_url="redis+cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
 herald_port=$(free_port "${ports[@]}")
 "$bin/herald" --listen "127.0.0.1:$herald_port" --redis-url "$cluster_url" \
-  --heartbeat 300s --max-connections-per-ip 0 --log warn \
+  --heartbeat 300s --max-connections-per-ip 0 --history 'hist.*=1000/5m' --log warn \
   >"$work/herald-cluster.log" 2>&1 &
 cluster_herald_pid=$!
 wait_for 20 "Herald on the Redis Cluster to be ready on port $herald_port" http_ok "$herald_port" /readyz
@@ -116,9 +117,12 @@ common=(--target "ws://127.0.0.1:$herald_port/ws" --redis "$cluster_url"
 smoke --as fanout_cluster fanout --clients 50 --rates 20,200 --duration 1s
 # 50 own channels spread over the 3 masters, plus the shared one.
 smoke --as channels_cluster channels --clients 50 --own-rate 100 --duration 1s
+# FCALL herald_publish on the channel's master: Herald loaded the library on every master.
+smoke --as fanout_history_cluster fanout --clients 50 --rates 20,200 --duration 1s \
+  --publish fcall --channel-prefix hist.
 
 if ((${#failed[@]})); then
   echo "smoke.sh: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "smoke.sh: all eleven runs clean"
+echo "smoke.sh: all twelve runs clean"

@@ -68,8 +68,12 @@ pub fn page(raw: &Raw, links: &Links) -> String {
         let _ = writeln!(out, "\n### The Redis Cluster runs\n");
         let _ = writeln!(
             out,
-            "The *Herald, Redis Cluster* columns come from `run.sh --redis cluster`, made \
-             apart from the runs above:\n"
+            "The *Herald, Redis Cluster* columns come from `run.sh --redis cluster`{}:\n",
+            if raw.meta.is_empty() {
+                ""
+            } else {
+                ", made apart from the runs above"
+            }
         );
         for (key, value) in &raw.meta_cluster {
             let _ = writeln!(out, "- **{key}**: {value}");
@@ -80,7 +84,13 @@ pub fn page(raw: &Raw, links: &Links) -> String {
         out,
         "Each value is the median over the runs, with the range of the runs in brackets; \
          rows marked *worst run* take the worst run instead. Herald ÷ Nchan below 1 is \
-         better for times, CPU and memory, above 1 for rates.\n"
+         better for times, CPU and memory, above 1 for rates{}.\n",
+        if raw.has_cluster() {
+            "; so is Cluster ÷ one Redis for Herald on a Redis Cluster against Herald on \
+             one redis-server"
+        } else {
+            ""
+        }
     );
     for section in sections.iter().filter(|s| ran_any(raw, s.scenario)) {
         scenario(&mut out, raw, section);
@@ -104,7 +114,8 @@ fn targets(out: &mut String, raw: &Raw, sections: &[Section]) -> bool {
     if cluster {
         let _ = writeln!(
             out,
-            "| scenario | metric | target | Herald | Herald, Redis Cluster | Nchan | Herald meets it |"
+            "| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster | Nchan | \
+             Herald meets it |"
         );
         let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
     } else {
@@ -504,7 +515,10 @@ mod tests {
             line,
             "| server RSS per connection | 3.00 KiB | 3.30 KiB | 1.10× | not run |  | ≤ 4 KiB | yes |"
         );
-        assert!(page.contains("| idle | server RSS per connection | ≤ 4 KiB | 3.00 KiB | 3.30 KiB | not run | yes |"));
+        assert!(page.contains(
+            "| idle | server RSS per connection | ≤ 4 KiB | 3.00 KiB | 3.30 KiB | not run | yes |"
+        ));
+        assert!(page.contains("| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster |"));
         assert!(page.contains("### The Redis Cluster runs"));
         assert!(page.contains("- **Redis topology**: Redis Cluster"));
         assert!(page.contains("### fanout"), "a cluster-only scenario has its section");
