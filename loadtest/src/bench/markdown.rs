@@ -488,14 +488,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("herald-bench-cl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
-        std::fs::write(dir.join("meta-cluster.txt"), "Redis topology: Redis Cluster\n").unwrap();
-        for (name, kib) in [("herald-idle-1.json", 3.0), ("herald_cluster-idle-1.json", 3.3)] {
+        std::fs::write(
+            dir.join("meta-cluster.txt"),
+            "Redis topology: Redis Cluster\n",
+        )
+        .unwrap();
+        for (name, kib) in [
+            ("herald-idle-1.json", 3.0),
+            ("herald_cluster-idle-1.json", 3.3),
+        ] {
             let report = json!({"clients": 19900, "clean": true, "warnings": [],
                 "connect": {"connected": 19900, "elapsed_s": 1.0},
                 "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
             write(&dir, name, &report);
         }
-        std::fs::write(dir.join("herald_cluster-fanout-1.failed"), "exit status 1\n").unwrap();
+        std::fs::write(
+            dir.join("herald_cluster-fanout-1.failed"),
+            "exit status 1\n",
+        )
+        .unwrap();
         let raw = Raw::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let page = page(
@@ -506,7 +517,9 @@ mod tests {
                 analysis: None,
             },
         );
-        assert!(page.contains("| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan |"));
+        assert!(page.contains(
+            "| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan |"
+        ));
         let line = page
             .lines()
             .find(|l| l.starts_with("| server RSS per connection"))
@@ -518,10 +531,15 @@ mod tests {
         assert!(page.contains(
             "| idle | server RSS per connection | ≤ 4 KiB | 3.00 KiB | 3.30 KiB | not run | yes |"
         ));
-        assert!(page.contains("| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster |"));
+        assert!(page.contains(
+            "| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster |"
+        ));
         assert!(page.contains("### The Redis Cluster runs"));
         assert!(page.contains("- **Redis topology**: Redis Cluster"));
-        assert!(page.contains("### fanout"), "a cluster-only scenario has its section");
+        assert!(
+            page.contains("### fanout"),
+            "a cluster-only scenario has its section"
+        );
         assert!(page.contains(
             "- Herald on a Redis Cluster: 0 of 1 run(s) clean; run 1 measured nothing (exit status 1)."
         ));

@@ -86,7 +86,9 @@ impl ClusterPublisher {
         let addr = self.cluster.addr(master);
         if e.redirect_node().is_some() {
             // The map is read once: a static cluster is what the benchmark measures.
-            format!("{why} (master {addr}: the cluster's slots moved after the publisher read them)")
+            format!(
+                "{why} (master {addr}: the cluster's slots moved after the publisher read them)"
+            )
         } else {
             format!("{why} (master {addr})")
         }
