@@ -252,7 +252,7 @@ run_one() {
     ((${#ports[@]} == 3)) || { log "$name: no free ports for the cluster"; return 1; }
     cluster_dir=$dir/cluster
     start_cluster "$cluster_dir" "${ports[@]}" -- taskset -c 1
-    # Picked once the nodes and their buses listen, so it is none of theirs.
+    # Picked once the nodes and their cluster buses listen, so it is none of theirs.
     server_port=$(free_port "${ports[@]}")
     for port in "${ports[@]}"; do hosts+=("127.0.0.1:$port"); done
     redis_url="redis+cluster://$(IFS=,; echo "${hosts[*]}")"
