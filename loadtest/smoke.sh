@@ -24,6 +24,10 @@ command -v redis-server >/dev/null || {
   echo "smoke.sh: redis-server is not installed (apt-get install redis-server)" >&2
   exit 1
 }
+command -v redis-cli >/dev/null || {
+  echo "smoke.sh: redis-cli is not installed (apt-get install redis-tools); the cluster runs need it" >&2
+  exit 1
+}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-smoke.XXXXXX")
 herald_pid= cluster_herald_pid=
