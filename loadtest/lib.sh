@@ -113,3 +113,67 @@ raise_nofile() {
   [[ $hard == unlimited ]] && hard=1048576
   ulimit -n "$hard" 2>/dev/null || true
 }
+
+# cluster_ports N: N distinct free ports, on one line, for the nodes of a cluster.
+cluster_ports() {
+  local ports=()
+  while ((${#ports[@]} < $1)); do
+    ports+=("$(free_port "${ports[@]}")") || return 1
+  done
+  echo "${ports[*]}"
+}
+
+# cluster_node_cmd PORT BUS_PORT DIR: redis_cmd for one node of a Redis Cluster: cluster
+# mode on, its nodes.conf in DIR, its cluster bus on BUS_PORT. Redis's default bus port,
+# PORT + 10000, can fall in the kernel's ephemeral range, where a client socket of an
+# earlier run held it once (bind: Address already in use); free_port's are below it.
+cluster_node_cmd() {
+  printf '%s --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port %s' \
+    "$(redis_cmd "$1" "$3")" "$2"
+}
+
+# cluster_ok PORT...: every node says cluster_state:ok, and the first knows all the others.
+cluster_ok() {
+  local port
+  for port in "$@"; do
+    [[ $(redis-cli -p "$port" cluster info 2>/dev/null) == *cluster_state:ok* ]] || return 1
+  done
+  (($(redis-cli -p "$1" cluster nodes 2>/dev/null | grep -c master) == $#))
+}
+
+# start_cluster DIR PORT... [-- PREFIX...]: one cluster-enabled redis-server per PORT, each
+# in DIR/node-PORT with its bus on another free port, started after PREFIX (e.g. taskset
+# -c 1); joins them with `redis-cli --cluster create` as masters without replicas (slots
+# split evenly) and waits until every node reports cluster_state:ok. Stop it with
+# stop_cluster DIR.
+start_cluster() {
+  local dir=$1 ports=() port
+  shift
+  while (($#)) && [[ $1 != -- ]]; do ports+=("$1"); shift; done
+  (($#)) && shift
+  local taken=("${ports[@]}") bus
+  for port in "${ports[@]}"; do
+    bus=$(free_port "${taken[@]}") || return 1
+    taken+=("$bus")
+    mkdir -p "$dir/node-$port"
+    rm -f "$dir/node-$port/redis.pid"
+    "$@" sh -c "$(cluster_node_cmd "$port" "$bus" "$dir/node-$port")"
+  done
+  for port in "${ports[@]}"; do
+    wait_for 10 "redis-server on port $port" redis-cli -p "$port" ping || return 1
+  done
+  local addrs=()
+  for port in "${ports[@]}"; do addrs+=("127.0.0.1:$port"); done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$dir/cluster-create.log" 2>&1 || { cat "$dir/cluster-create.log" >&2; return 1; }
+  wait_for 30 "Redis Cluster on ports ${ports[*]}" cluster_ok "${ports[@]}"
+}
+
+# stop_cluster DIR: stops every node start_cluster started in DIR.
+stop_cluster() {
+  local node
+  for node in "$1"/node-*; do
+    [[ -d $node ]] && stop_redis "$node"
+  done
+  return 0
+}

@@ -7,6 +7,7 @@
 #   loadtest/run.sh                     # the full benchmark: both peers, 3 runs (~20-25 min)
 #   loadtest/run.sh --quick             # small N, 1-2 s windows, 1 run: tries it out (~1 min)
 #   loadtest/run.sh --peers herald --scenarios fanout,idle --runs 1 --out /tmp/bench
+#   loadtest/run.sh --redis cluster     # Herald on a 3-master Redis Cluster, beside the above
 #
 # Options:
 #   --peers LIST       herald,nchan (default both)
@@ -17,6 +18,15 @@
 #   --runs N           runs per peer and scenario (default 3; 1 with --quick)
 #   --quick            small N and short windows; the page says so and judges no target
 #   --out DIR          where benchmarks.md, benchmarks.svg and benchmarks/raw/ go (docs)
+#   --redis KIND       single (default): one redis-server per run; cluster: a Redis Cluster
+#                      of 3 masters without replicas per run, Herald on its
+#                      redis+cluster:// URL, publications by SPUBLISH (FCALL for
+#                      fanout_history) to each channel's master. Herald only (Nchan is
+#                      skipped); fanout,fanout_history,saturate,channels,idle,connect
+#                      (their default), not outage, resume or api_publish (they need one
+#                      redis-server). Its runs are kept as herald_cluster-* beside the
+#                      single-Redis runs in the same raw directory (each mode replaces only
+#                      its own), and the page shows them in a column of their own.
 #
 # HERALD_BIN=path runs that herald binary instead of this tree's (an earlier build, for
 # an interleaved before/after comparison with the same load generator).
@@ -24,7 +34,8 @@
 # Installs redis-server, nginx-light and libnginx-mod-nchan with apt-get when missing.
 # The server under test runs alone on core 0; herald-loadtest (coordinator, publisher and
 # worker processes) and redis-server share core 1. Each run gets a fresh redis-server and
-# server on new ports; everything the script starts is stopped by pid, also on Ctrl-C.
+# server on new ports (a cluster: 3 fresh nodes, also on core 1); everything the script
+# starts is stopped by pid, also on Ctrl-C.
 # Logs of the last invocation: target/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +44,11 @@ source loadtest/lib.sh
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
 all_scenarios=fanout,fanout_history,saturate,channels,idle,connect,outage,resume,api_publish
+# On a Redis Cluster: the scenarios herald-loadtest runs there (outage restarts one
+# redis-server, resume reads its INFO commandstats, api_publish PUBLISHes to it).
+cluster_scenarios=fanout,fanout_history,saturate,channels,idle,connect
 command_line="loadtest/run.sh${*:+ $*}"
-peers=herald,nchan scenarios=$all_scenarios runs='' quick=0 out=docs
+peers=herald,nchan scenarios='' runs='' quick=0 out=docs redis=single
 while (($#)); do
   case $1 in
     --peers) peers=${2:?--peers needs a list}; shift 2 ;;
@@ -42,10 +56,22 @@ while (($#)); do
     --runs) runs=${2:?--runs needs a number}; shift 2 ;;
     --quick) quick=1; shift ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
+    --redis) redis=${2:?--redis needs single or cluster}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument: $1" >&2; usage >&2; exit 64 ;;
   esac
 done
+[[ $redis == single || $redis == cluster ]] ||
+  { echo "run.sh: --redis is single or cluster, not $redis" >&2; exit 64; }
+cluster=0
+[[ $redis == cluster ]] && cluster=1
+if ((cluster)); then
+  scenarios=${scenarios:-$cluster_scenarios}
+  # The cluster mode measures Herald on a Cluster; Nchan keeps its single-Redis runs.
+  [[ ,$peers, == *,nchan,* ]] && echo "run.sh: --redis cluster runs Herald only; Nchan skipped" >&2
+  peers=herald
+fi
+scenarios=${scenarios:-$all_scenarios}
 runs=${runs:-$((quick ? 1 : 3))}
 IFS=, read -ra peers <<<"$peers"
 IFS=, read -ra scenarios <<<"$scenarios"
@@ -54,6 +80,10 @@ for peer in "${peers[@]}"; do
 done
 for scenario in "${scenarios[@]}"; do
   [[ ,$all_scenarios, == *",$scenario,"* ]] || { echo "run.sh: unknown scenario $scenario" >&2; exit 64; }
+  if ((cluster)) && [[ ,$cluster_scenarios, != *",$scenario,"* ]]; then
+    echo "run.sh: $scenario needs a single redis-server; --redis cluster runs $cluster_scenarios" >&2
+    exit 64
+  fi
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs must be a positive number" >&2; exit 64; }
 wants_nchan=0
@@ -66,6 +96,8 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# redis-cli --cluster create joins the nodes (redis-tools, a dependency of redis-server).
+((cluster)) && { command -v redis-cli >/dev/null || missing+=(redis-tools); }
 if ((wants_nchan)); then
   [[ -x $nginx ]] || missing+=(nginx-light)
   [[ -f $nchan_module ]] || missing+=(libnginx-mod-nchan)
@@ -154,19 +186,20 @@ subcommand() { [[ $1 == fanout_history ]] && echo fanout || echo "$1"; }
 work="$PWD/target/bench"
 rm -rf "$work"
 mkdir -p "$work"
-server_pid='' generator_pid='' redis_dir=''
+server_pid='' generator_pid='' redis_dir='' cluster_dir=''
 stop_all() {
   [[ -n $generator_pid ]] && stop_pid "$generator_pid"
   [[ -n $server_pid ]] && stop_pid "$server_pid"
   [[ -n $redis_dir ]] && stop_redis "$redis_dir"
-  generator_pid='' server_pid='' redis_dir=''
+  [[ -n $cluster_dir ]] && stop_cluster "$cluster_dir"
+  generator_pid='' server_pid='' redis_dir='' cluster_dir=''
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# start_herald PORT REDIS_PORT DIR [FLAGS...]: sets server_pid, and measured_pid (the same).
+# start_herald PORT REDIS_URL DIR [FLAGS...]: sets server_pid, and measured_pid (the same).
 start_herald() {
-  taskset -c 0 "$herald_bin" --listen "127.0.0.1:$1" --redis-url "redis://127.0.0.1:$2" \
+  taskset -c 0 "$herald_bin" --listen "127.0.0.1:$1" --redis-url "$2" \
     "${herald_flags[@]}" "${@:4}" >"$3/herald.log" 2>&1 &
   server_pid=$! measured_pid=$!
   wait_for 30 "Herald ready on port $1" http_ok "$1" /readyz
@@ -174,13 +207,13 @@ start_herald() {
 
 has_children() { [[ -n $(children "$1") ]]; }
 
-# start_nchan PORT REDIS_PORT DIR: nginx's master is server_pid; its one worker, which
+# start_nchan PORT REDIS_URL DIR: nginx's master is server_pid; its one worker, which
 # serves every connection, is measured_pid.
 start_nchan() {
   local user=
   ((EUID == 0)) && user="user root;"
   mkdir -p "$3/client_body"
-  sed -e "s#@PREFIX@#$3#g; s#@PORT@#$1#g; s#@REDIS_URL@#redis://127.0.0.1:$2#g" \
+  sed -e "s#@PREFIX@#$3#g; s#@PORT@#$1#g; s#@REDIS_URL@#$2#g" \
     -e "s#@NCHAN_MODULE@#$nchan_module#g; s#@USER@#$user#g; s#@NOFILE@#$nofile#g" \
     -e "s#@WORKER_CONNECTIONS@#$((nofile * 9 / 8))#g" \
     loadtest/nchan/nginx.conf.in >"$3/nginx.conf"
@@ -194,24 +227,46 @@ start_nchan() {
 
 raw="$out/benchmarks/raw"
 mkdir -p "$raw"
-rm -f "$raw"/*.json "$raw"/*.failed "$raw/meta.txt"
+# Each mode replaces its own runs only, so a cluster run's column sits beside the
+# single-Redis runs of the same directory (and the other way round).
+if ((cluster)); then
+  rm -f "$raw"/herald_cluster-*.json "$raw"/herald_cluster-*.failed "$raw/meta-cluster.txt"
+else
+  rm -f "$raw"/herald-*.json "$raw"/nchan-*.json "$raw"/herald-*.failed "$raw"/nchan-*.failed "$raw/meta.txt"
+fi
 failures=()
 generator_args=()
 
-# run_one PEER SCENARIO RUN: one measurement with a fresh Redis and server.
+# run_one PEER SCENARIO RUN: one measurement with a fresh Redis (or Redis Cluster) and
+# server.
 run_one() {
   local peer=$1 scenario=$2 run=$3
-  local name="$peer-$scenario-$run" dir="$work/$peer-$scenario-$run"
+  local name="$peer-$scenario-$run"
+  ((cluster)) && name="${peer}_cluster-$scenario-$run"
+  local dir="$work/$name"
   mkdir -p "$dir"
-  local redis_port server_port status=0
-  redis_port=$(free_port)
-  server_port=$(free_port "$redis_port")
-  redis_dir=$dir
-  start_redis "$redis_port" "$dir" taskset -c 1
+  local redis_port server_port redis_url status=0
+  if ((cluster)); then
+    local ports=() hosts=() port
+    read -ra ports <<<"$(cluster_ports 3)"
+    ((${#ports[@]} == 3)) || { log "$name: no free ports for the cluster"; return 1; }
+    cluster_dir=$dir/cluster
+    start_cluster "$cluster_dir" "${ports[@]}" -- taskset -c 1
+    # Picked once the nodes and their cluster buses listen, so it is none of theirs.
+    server_port=$(free_port "${ports[@]}")
+    for port in "${ports[@]}"; do hosts+=("127.0.0.1:$port"); done
+    redis_url="redis+cluster://$(IFS=,; echo "${hosts[*]}")"
+  else
+    redis_port=$(free_port)
+    server_port=$(free_port "$redis_port")
+    redis_dir=$dir
+    start_redis "$redis_port" "$dir" taskset -c 1
+    redis_url="redis://127.0.0.1:$redis_port"
+  fi
   local extra=()
   has_history "$scenario" && extra=("${history_flags[@]}")
   [[ $scenario == api_publish ]] && extra=("${api_flags[@]}")
-  "start_$peer" "$server_port" "$redis_port" "$dir" "${extra[@]}"
+  "start_$peer" "$server_port" "$redis_url" "$dir" "${extra[@]}"
   local args
   read -ra args <<<"$(scenario_args "$scenario")"
   local command
@@ -223,7 +278,7 @@ run_one() {
     args+=(--peer nchan --target "ws://127.0.0.1:$server_port/sub/{channel}"
       --nchan-pub "http://127.0.0.1:$server_port/pub/{channel}")
   fi
-  args+=(--redis "redis://127.0.0.1:$redis_port" --server-pid "$measured_pid" --json)
+  args+=(--redis "$redis_url" --server-pid "$measured_pid" --json)
   [[ $scenario == api_publish ]] && args+=(--api-key "$api_key")
   [[ $scenario == outage ]] &&
     args+=(--redis-start-cmd "taskset -c 1 $(redis_cmd "$redis_port" "$dir")")
@@ -246,6 +301,8 @@ run_one() {
   fi
 }
 
+meta_file=meta.txt
+((cluster)) && meta_file=meta-cluster.txt
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%s)
 for scenario in "${scenarios[@]}"; do
@@ -283,13 +340,23 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
     echo "Mode: full"
   fi
   echo "Command: \`$command_line\`"
-  echo "Runs: $runs per peer and scenario, each with a fresh redis-server and server"
+  if ((cluster)); then
+    echo "Redis topology: Redis Cluster, 3 masters without replicas (\`redis-cli --cluster create --cluster-replicas 0\`), fresh for every run; Herald SSUBSCRIBEs each channel on its master, herald-loadtest SPUBLISHes there (FCALL herald_publish for fanout_history)"
+    echo "Runs: $runs per scenario, Herald only, each with a fresh Redis Cluster and server"
+  else
+    echo "Runs: $runs per peer and scenario, each with a fresh redis-server and server"
+  fi
   echo "Machine: $cpu, $(nproc) cores, $mem_gib GiB memory, Linux $(uname -r)${hypervisor:+, $hypervisor guest}"
   echo "Open files (hard limit): $(ulimit -Hn) per process"
   echo "Load average before the run: $load_before"
-  echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
+  if ((cluster)); then
+    echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and the 3 redis-server nodes \`taskset -c 1\`"
+    echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis+cluster://127.0.0.1:PORT1,127.0.0.1:PORT2,127.0.0.1:PORT3 ${herald_flags[*]}\`; for fanout_history also \`--history '$history_rule'\`"
+  else
+    echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
+  fi
   echo "Herald: $herald_version"
-  echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`; for api_publish \`--api-key KEY --history '$api_history_rule'\`"
+  ((cluster)) || echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`; for api_publish \`--api-key KEY --history '$api_history_rule'\`"
   echo "Rust: $(rustc --version)"
   echo "herald-loadtest: $("$bin/herald-loadtest" --version)"
   echo "Redis: $(redis-server --version | sed 's/ sha=.*//')"
@@ -300,7 +367,7 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
   for args in "${generator_args[@]}"; do
     echo "${args%%|*} arguments: \`herald-loadtest ${args#*|}\`"
   done | sort -u
-} >"$raw/meta.txt"
+} >"$raw/$meta_file"
 
 "$bin/herald-loadtest" table --raw "$raw" --markdown "$out/benchmarks.md" --svg "$out/benchmarks.svg"
 log "wrote $out/benchmarks.md and $out/benchmarks.svg ($(((finished - started + 59) / 60)) min of runs; logs in $work)"

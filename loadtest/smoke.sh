@@ -6,11 +6,14 @@
 # Herald keeps history on the `hist.*` channels (contract 1.1), which only the history
 # runs use: fanout through FCALL herald_publish, resume, and api_publish's history legs.
 # Its server API is on (--api-key) for api_publish.
+# Then fanout, channels and fanout through FCALL once more against a second Herald on a
+# 3-master Redis Cluster (`--redis redis+cluster://...`: SPUBLISH, or FCALL, to each
+# channel's master), ~8 s more.
 #
-#   loadtest/smoke.sh          # ~30 s after the build
+#   loadtest/smoke.sh          # ~40 s after the build
 #
-# Redis and Herald run on free ports in a temporary directory; both are stopped by pid
-# on exit, and every scenario is bounded by its own deadline and by `timeout`.
+# Redis, the cluster's nodes and both Heralds run on free ports in a temporary directory;
+# all are stopped by pid on exit, and every scenario is bounded by its own deadline and by `timeout`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
@@ -21,16 +24,26 @@ command -v redis-server >/dev/null || {
   echo "smoke.sh: redis-server is not installed (apt-get install redis-server)" >&2
   exit 1
 }
+command -v redis-cli >/dev/null || {
+  echo "smoke.sh: redis-cli is not installed (apt-get install redis-tools); the cluster runs need it" >&2
+  exit 1
+}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-smoke.XXXXXX")
-herald_pid=
+herald_pid= cluster_herald_pid=
 cleanup() {
   local status=$?
   [[ -n $herald_pid ]] && stop_pid "$herald_pid"
+  [[ -n $cluster_herald_pid ]] && stop_pid "$cluster_herald_pid"
   stop_redis "$work"
+  stop_cluster "$work/cluster"
   if ((status != 0)); then
     echo "smoke.sh: failed; Herald's log:" >&2
     tail -n 20 "$work/herald.log" >&2 || true
+    if [[ -f $work/herald-cluster.log ]]; then
+      echo "smoke.sh: the Redis Cluster Herald's log:" >&2
+      tail -n 20 "$work/herald-cluster.log" >&2 || true
+    fi
   fi
   rm -rf "$work"
 }
@@ -88,8 +101,32 @@ smoke api_publish --api-key "$api_key" --connections 4 --subscribers 2 --duratio
 smoke outage --clients 50 --channels 20 --down-for 200ms \
   --redis-start-cmd "$(redis_cmd "$redis_port" "$work")"
 
+stop_pid "$herald_pid"
+herald_pid=
+stop_redis "$work"
+
+# The same tool on a Redis Cluster: 3 masters, no replicas, a Herald on its
+# redis+cluster:// URL; the publisher SPUBLISHes on each channel's master.
+read -ra ports <<<"$(cluster_ports 3)"
+start_cluster "$work/cluster" "${ports[@]}"
+cluster_url="redis+cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+herald_port=$(free_port "${ports[@]}")
+"$bin/herald" --listen "127.0.0.1:$herald_port" --redis-url "$cluster_url" \
+  --heartbeat 300s --max-connections-per-ip 0 --history 'hist.*=1000/5m' --log warn \
+  >"$work/herald-cluster.log" 2>&1 &
+cluster_herald_pid=$!
+wait_for 20 "Herald on the Redis Cluster to be ready on port $herald_port" http_ok "$herald_port" /readyz
+common=(--target "ws://127.0.0.1:$herald_port/ws" --redis "$cluster_url"
+  --server-pid "$cluster_herald_pid" --json)
+smoke --as fanout_cluster fanout --clients 50 --rates 20,200 --duration 1s
+# 50 own channels spread over the 3 masters, plus the shared one.
+smoke --as channels_cluster channels --clients 50 --own-rate 100 --duration 1s
+# FCALL herald_publish on the channel's master: Herald loaded the library on every master.
+smoke --as fanout_history_cluster fanout --clients 50 --rates 20,200 --duration 1s \
+  --publish fcall --channel-prefix hist.
+
 if ((${#failed[@]})); then
   echo "smoke.sh: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "smoke.sh: all nine runs clean"
+echo "smoke.sh: all twelve runs clean"

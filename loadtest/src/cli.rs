@@ -95,7 +95,10 @@ pub struct Common {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub target: String,
 
-    /// Redis to PUBLISH to and to query with PUBSUB (Herald peer).
+    /// Redis to PUBLISH to and to query with PUBSUB (Herald peer). A Redis Cluster as
+    /// `redis+cluster://h:p,h:p,...` (Herald's own form): publications then go by SPUBLISH
+    /// (or FCALL) to the master owning each channel, and PUBSUB SHARDNUMSUB checks them;
+    /// fanout, channels, saturate, idle and connect only.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
 

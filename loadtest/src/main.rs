@@ -6,8 +6,8 @@
 //!   ├──► worker 0: clients [0, N/K)   ─┐ one current_thread runtime each, raw WebSocket
 //!   ├──► worker 1: clients [N/K, 2N/K) ┼─► reader per connection: latency into an HDR
 //!   │                                  ┘   histogram, sequence gaps = losses
-//!   ├── publisher: PUBLISH or FCALL herald_publish to Redis (or POST to Nchan) at a
-//!   │   fixed, smooth rate; api_publish: C connections to Herald's API (or to Redis),
+//!   ├── publisher: PUBLISH or FCALL herald_publish to Redis (Cluster: SPUBLISH or FCALL
+//!   │   on each channel's master), or POST to Nchan, at a fixed, smooth rate; api_publish: C connections to Herald's API (or to Redis),
 //!   │   one request in flight each
 //!   └── probes: /proc/PID of the server (CPU, RSS), /proc/self of every generator process
 //! ```
@@ -27,7 +27,8 @@
 //! - `wave`       the reconnect wave of `resume`: each client's turn, what the workers count
 //! - `publish/`   Redis and Nchan publishers and the rate pacer; the closed loop of
 //!   `api_publish` (Herald's POST /api/publish with hyper, or Redis directly)
-//! - `redis_ops`  PUBSUB NUMSUB waits, SHUTDOWN NOSAVE, waiting for Redis to come back,
+//! - `cluster`    a Redis Cluster's masters (`--redis redis+cluster://`), each channel's master
+//! - `redis_ops`  PUBSUB NUMSUB (Cluster: SHARDNUMSUB) waits, SHUTDOWN NOSAVE, waiting for Redis to come back,
 //!   INFO commandstats
 //! - `tally`      counters and the latency histogram, mergeable across processes
 //! - `events`     the worker <-> coordinator line protocol
@@ -44,6 +45,7 @@
 mod bench;
 mod cli;
 mod client;
+mod cluster;
 mod conn;
 mod decode;
 mod events;

@@ -1,6 +1,8 @@
 //! What the coordinator asks of Redis besides PUBLISH: are the channels subscribed (the
-//! server subscribes asynchronously after confirming a client), shut it down, is it
-//! back, and how many commands it has run (INFO commandstats).
+//! server subscribes asynchronously after confirming a client; on a Cluster, asked of
+//! each channel's master), shut it down, is it back, and how many commands it has run
+//! (INFO commandstats). Only the subscription check knows a Cluster: the scenarios that
+//! need the rest refuse one (`run::single_redis_only`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
+use crate::cluster::{self, Cluster};
 use crate::publish::connect;
 
 /// PUBSUB NUMSUB takes this many names per call.
@@ -33,16 +36,44 @@ pub async fn unsubscribed(
     Ok(missing)
 }
 
-/// Waits until every one of `names` has a subscriber; returns how long that took.
+/// How many of `names` have no shard subscriber (SSUBSCRIBE, as Herald subscribes on a
+/// Cluster) on the master that owns them. Each master is asked about its own channels
+/// only: another master answers 0 for them (Redis 7.0.15), not MOVED.
+pub async fn unsubscribed_shards(cluster: &mut Cluster, names: &[String]) -> Result<usize, String> {
+    let mut missing = 0;
+    for (master, owned) in cluster.split(names).into_iter().enumerate() {
+        let con = &mut cluster.conns[master];
+        for chunk in owned.chunks(NUMSUB_BATCH) {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(chunk)
+                .query_async(con)
+                .await
+                .map_err(|e| format!("PUBSUB SHARDNUMSUB: {e}"))?;
+            missing += counts.iter().filter(|(_, n)| *n == 0).count();
+        }
+    }
+    Ok(missing)
+}
+
+/// Waits until every one of `names` has a subscriber (on a Cluster: a shard subscriber
+/// on its master); returns how long that took.
 pub async fn wait_subscribed(
     url: &str,
     names: &[String],
     within: Duration,
 ) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut con = connect(url).await?;
+    let mut redis = if cluster::is_cluster(url) {
+        Subscriptions::Cluster(Cluster::connect(url).await?)
+    } else {
+        Subscriptions::Single(connect(url).await?)
+    };
     loop {
-        let missing = unsubscribed(&mut con, names).await?;
+        let missing = match &mut redis {
+            Subscriptions::Single(con) => unsubscribed(con, names).await?,
+            Subscriptions::Cluster(cluster) => unsubscribed_shards(cluster, names).await?,
+        };
         if missing == 0 {
             return Ok(started.elapsed());
         }
@@ -54,6 +85,12 @@ pub async fn wait_subscribed(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Where `wait_subscribed` asks.
+enum Subscriptions {
+    Single(MultiplexedConnection),
+    Cluster(Cluster),
 }
 
 /// SHUTDOWN NOSAVE, then waits until Redis no longer answers.

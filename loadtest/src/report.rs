@@ -18,6 +18,10 @@ pub struct RunReport {
     /// herald_publish), `post` (Nchan), `api` (Herald's POST /api/publish, beside Redis
     /// directly: api_publish).
     pub publish: &'static str,
+    /// The Redis the publications went through: `single` (one redis-server: PUBLISH) or
+    /// `cluster` (a Redis Cluster, `--redis redis+cluster://`: SPUBLISH on each channel's
+    /// master). Reports from before it was recorded are single.
+    pub redis: &'static str,
     pub target: String,
     pub clients: u32,
     pub workers: usize,
@@ -111,17 +115,23 @@ impl RunReport {
         let c = &self.connect;
         let _ = writeln!(
             out,
-            "{} against {} ({}), {} clients, {} worker process(es), publishing with {}",
+            "{} against {} ({}), {} clients, {} worker process(es), publishing with {}{}",
             self.scenario,
             self.target,
             self.peer,
             self.clients,
             self.workers,
-            match self.publish {
-                "fcall" => "FCALL herald_publish",
-                "post" => "HTTP POST",
-                "api" => "POST /api/publish and, to compare, Redis directly",
+            match (self.publish, self.redis) {
+                ("fcall", _) => "FCALL herald_publish",
+                ("post", _) => "HTTP POST",
+                ("api", _) => "POST /api/publish and, to compare, Redis directly",
+                (_, "cluster") => "SPUBLISH",
                 _ => "PUBLISH",
+            },
+            if self.redis == "cluster" {
+                " on a Redis Cluster (to each channel's master)"
+            } else {
+                ""
             }
         );
         let _ = writeln!(

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::cli::{Common, PeerKind, PublishVia};
+use crate::cluster;
 use crate::fleet::{Fleet, Ready};
 use crate::peer::Peer;
 use crate::plan::{self, channel_name, Layout, Plan};
@@ -63,6 +64,13 @@ impl Run {
         }
         if common.peer == PeerKind::Nchan && common.publish.is_some() {
             return Err("--publish is for Herald; Nchan is published to by HTTP POST".into());
+        }
+        if common.peer == PeerKind::Nchan && cluster::is_cluster(&common.redis) {
+            return Err(
+                "--redis redis+cluster://... is for Herald; Nchan is published to by HTTP \
+                 POST and keeps its own Redis settings"
+                    .into(),
+            );
         }
         let peer = Peer::new(common.peer, &common.target)?;
         let rejoin = match rejoin {
@@ -229,6 +237,7 @@ impl Run {
                 PeerKind::Herald => self.common.publish.unwrap_or(PublishVia::Publish).name(),
                 PeerKind::Nchan => "post",
             },
+            redis: redis_kind(&self.common),
             target: self.common.target.clone(),
             clients: self.clients,
             workers: self.workers,
@@ -240,6 +249,28 @@ impl Run {
             warnings: self.warnings,
         }
     }
+}
+
+/// `single` or `cluster`: the Redis `--redis` names (the report's `redis`).
+pub fn redis_kind(common: &Common) -> &'static str {
+    if cluster::is_cluster(&common.redis) {
+        "cluster"
+    } else {
+        "single"
+    }
+}
+
+/// Refuses a Redis Cluster for a scenario that needs one redis-server (it shuts Redis
+/// down, reads INFO commandstats, or publishes from its own connections); `needs` says
+/// what for.
+pub fn single_redis_only(common: &Common, scenario: &str, needs: &str) -> Result<(), String> {
+    if !cluster::is_cluster(&common.redis) {
+        return Ok(());
+    }
+    Err(format!(
+        "{scenario} runs against a single Redis only: it {needs}. On a Redis Cluster \
+         (--redis redis+cluster://...) run fanout, channels, saturate, idle or connect"
+    ))
 }
 
 /// Redis names of the channels that have at least one connected subscriber.

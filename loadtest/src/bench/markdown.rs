@@ -1,11 +1,12 @@
 //! The benchmark page: what was run where, the issue's targets met or not, one table per
-//! scenario (Herald, Nchan, their ratio), and how it was measured.
+//! scenario (Herald, Nchan, their ratio; with `run.sh --redis cluster` runs, Herald on a
+//! Redis Cluster too, beside Herald on one Redis), and how it was measured.
 
 use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::raw::{Raw, Run, PEERS};
+use super::raw::{Raw, Run, CLUSTER, PEERS};
 use super::rows::{sections, Row, Section};
 use super::stats::{aggregate, thousands, Agg, Spread};
 
@@ -34,7 +35,11 @@ pub fn page(raw: &Raw, links: &Links) -> String {
          `herald-loadtest table`. Do not edit by hand: run the script again.\n",
         raw = links.raw
     );
-    if raw.meta("Mode").is_some_and(|m| m.starts_with("quick")) {
+    let quick = |meta: &[(String, String)]| {
+        meta.iter()
+            .any(|(k, v)| k == "Mode" && v.starts_with("quick"))
+    };
+    if quick(&raw.meta) || quick(&raw.meta_cluster) {
         let _ = writeln!(
             out,
             "> **Quick mode**: small N and short windows, to try the runner out. These are \
@@ -59,44 +64,83 @@ pub fn page(raw: &Raw, links: &Links) -> String {
     for (key, value) in &raw.meta {
         let _ = writeln!(out, "- **{key}**: {value}");
     }
+    if !raw.meta_cluster.is_empty() {
+        let _ = writeln!(out, "\n### The Redis Cluster runs\n");
+        let _ = writeln!(
+            out,
+            "The *Herald, Redis Cluster* columns come from `run.sh --redis cluster`{}:\n",
+            if raw.meta.is_empty() {
+                ""
+            } else {
+                ", made apart from the runs above"
+            }
+        );
+        for (key, value) in &raw.meta_cluster {
+            let _ = writeln!(out, "- **{key}**: {value}");
+        }
+    }
     let _ = writeln!(out, "\n## Scenarios\n");
     let _ = writeln!(
         out,
         "Each value is the median over the runs, with the range of the runs in brackets; \
          rows marked *worst run* take the worst run instead. Herald ÷ Nchan below 1 is \
-         better for times, CPU and memory, above 1 for rates.\n"
-    );
-    for section in &sections {
-        if PEERS.iter().any(|peer| raw.ran(peer, section.scenario)) {
-            scenario(&mut out, raw, section);
+         better for times, CPU and memory, above 1 for rates{}.\n",
+        if raw.has_cluster() {
+            "; so is Cluster ÷ one Redis for Herald on a Redis Cluster against Herald on \
+             one redis-server"
+        } else {
+            ""
         }
+    );
+    for section in sections.iter().filter(|s| ran_any(raw, s.scenario)) {
+        scenario(&mut out, raw, section);
     }
     out.push_str(METHOD);
     out
 }
 
+/// Whether any peer, or Herald on a Redis Cluster, ran `scenario`.
+fn ran_any(raw: &Raw, scenario: &str) -> bool {
+    PEERS.iter().any(|peer| raw.ran(peer, scenario)) || raw.ran(CLUSTER, scenario)
+}
+
 /// The issue's targets, one line each, met or not; true if one was judged not met.
+/// Judged on Herald with one Redis; a Redis Cluster column, when there are such runs,
+/// shows its value beside.
 fn targets(out: &mut String, raw: &Raw, sections: &[Section]) -> bool {
     let mut missed = false;
+    let cluster = raw.has_cluster();
     let _ = writeln!(out, "## Targets\n");
-    let _ = writeln!(
-        out,
-        "| scenario | metric | target | Herald | Nchan | Herald meets it |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
-    for section in sections {
-        if !PEERS.iter().any(|peer| raw.ran(peer, section.scenario)) {
-            continue;
-        }
+    if cluster {
+        let _ = writeln!(
+            out,
+            "| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster | Nchan | \
+             Herald meets it |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    } else {
+        let _ = writeln!(
+            out,
+            "| scenario | metric | target | Herald | Nchan | Herald meets it |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    }
+    for section in sections.iter().filter(|s| ran_any(raw, s.scenario)) {
         for row in section.rows.iter().filter(|r| r.target.is_some()) {
             let target = row.target.expect("filtered");
             let herald = value(raw, "herald", section, row);
             let nchan = value(raw, "nchan", section, row);
             let verdict = verdict(raw, section, row, herald);
             missed |= verdict == NOT_MET;
+            let on_cluster = if cluster {
+                let v = value(raw, CLUSTER, section, row);
+                format!(" {} |", cell(raw, CLUSTER, section, row, v))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |{on_cluster} {} | {} |",
                 section.scenario,
                 row.label,
                 target.text,
@@ -115,7 +159,8 @@ const NOT_MET: &str = "**no**";
 fn scenario(out: &mut String, raw: &Raw, section: &Section) {
     let _ = writeln!(out, "### {}\n", section.scenario);
     let _ = writeln!(out, "{}\n", section.about);
-    for peer in PEERS {
+    let cluster = raw.ran(CLUSTER, section.scenario);
+    for peer in page_peers(cluster) {
         let reports = raw.reports(peer, section.scenario);
         let runs = raw.runs(peer, section.scenario).count();
         if runs == 0 {
@@ -130,17 +175,36 @@ fn scenario(out: &mut String, raw: &Raw, section: &Section) {
         idle_note(out, raw);
     }
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "| metric | Herald | Nchan | Herald ÷ Nchan | target | Herald meets it |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    if cluster {
+        let _ = writeln!(
+            out,
+            "| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan | \
+             Herald ÷ Nchan | target | Herald meets it |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    } else {
+        let _ = writeln!(
+            out,
+            "| metric | Herald | Nchan | Herald ÷ Nchan | target | Herald meets it |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    }
     for row in &section.rows {
         let herald = value(raw, "herald", section, row);
         let nchan = value(raw, "nchan", section, row);
+        let on_cluster = if cluster {
+            let v = value(raw, CLUSTER, section, row);
+            format!(
+                " {} | {} |",
+                cell(raw, CLUSTER, section, row, v),
+                ratio(v, herald)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} |{on_cluster} {} | {} | {} | {} |",
             row.label,
             cell(raw, "herald", section, row, herald),
             cell(raw, "nchan", section, row, nchan),
@@ -240,7 +304,7 @@ fn idle_note(out: &mut String, raw: &Raw) {
 /// Clean runs, runs that measured nothing, and the tool's warnings.
 fn runs_notes(out: &mut String, raw: &Raw, section: &Section) {
     let mut warnings = Vec::new();
-    for peer in PEERS {
+    for peer in page_peers(raw.ran(CLUSTER, section.scenario)) {
         let runs: Vec<&Run> = raw.runs(peer, section.scenario).collect();
         if runs.is_empty() {
             continue;
@@ -300,9 +364,20 @@ fn runs_notes(out: &mut String, raw: &Raw, section: &Section) {
     out.push('\n');
 }
 
+/// The peers a scenario's lines name: Herald on a Redis Cluster after Herald, when it ran.
+fn page_peers(cluster: bool) -> Vec<&'static str> {
+    let mut peers = vec![PEERS[0]];
+    if cluster {
+        peers.push(CLUSTER);
+    }
+    peers.extend(&PEERS[1..]);
+    peers
+}
+
 fn title(peer: &str) -> &'static str {
     match peer {
         "herald" => "Herald",
+        CLUSTER => "Herald on a Redis Cluster",
         _ => "Nchan",
     }
 }
@@ -406,6 +481,68 @@ mod tests {
         assert!(!page.contains("### fanout"));
         assert!(page.contains("- **Date (UTC)**: today"));
         assert!(!page.contains("analysis.md"), "every judged target met");
+    }
+
+    #[test]
+    fn redis_cluster_runs_get_a_column_beside_herald() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-cl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
+        std::fs::write(
+            dir.join("meta-cluster.txt"),
+            "Redis topology: Redis Cluster\n",
+        )
+        .unwrap();
+        for (name, kib) in [
+            ("herald-idle-1.json", 3.0),
+            ("herald_cluster-idle-1.json", 3.3),
+        ] {
+            let report = json!({"clients": 19900, "clean": true, "warnings": [],
+                "connect": {"connected": 19900, "elapsed_s": 1.0},
+                "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
+            write(&dir, name, &report);
+        }
+        std::fs::write(
+            dir.join("herald_cluster-fanout-1.failed"),
+            "exit status 1\n",
+        )
+        .unwrap();
+        let raw = Raw::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let page = page(
+            &raw,
+            &Links {
+                svg: "b.svg",
+                raw: "b/raw/",
+                analysis: None,
+            },
+        );
+        assert!(page.contains(
+            "| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan |"
+        ));
+        let line = page
+            .lines()
+            .find(|l| l.starts_with("| server RSS per connection"))
+            .expect("idle row");
+        assert_eq!(
+            line,
+            "| server RSS per connection | 3.00 KiB | 3.30 KiB | 1.10× | not run |  | ≤ 4 KiB | yes |"
+        );
+        assert!(page.contains(
+            "| idle | server RSS per connection | ≤ 4 KiB | 3.00 KiB | 3.30 KiB | not run | yes |"
+        ));
+        assert!(page.contains(
+            "| scenario | metric | target | Herald, one Redis | Herald, Redis Cluster |"
+        ));
+        assert!(page.contains("### The Redis Cluster runs"));
+        assert!(page.contains("- **Redis topology**: Redis Cluster"));
+        assert!(
+            page.contains("### fanout"),
+            "a cluster-only scenario has its section"
+        );
+        assert!(page.contains(
+            "- Herald on a Redis Cluster: 0 of 1 run(s) clean; run 1 measured nothing (exit status 1)."
+        ));
     }
 
     #[test]

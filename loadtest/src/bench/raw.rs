@@ -5,7 +5,9 @@
 //!   but not clean": those numbers count, and the page says the run was not clean);
 //! - `PEER-SCENARIO-RUN.failed`: a run that measured nothing (exit status 1, a timeout):
 //!   its status and the last lines of its log;
-//! - `meta.txt`: `Key: value` lines (date, machine, command, versions), shown in order.
+//! - `meta.txt`: `Key: value` lines (date, machine, command, versions), shown in order;
+//! - `herald_cluster-SCENARIO-RUN.json` / `.failed` and `meta-cluster.txt`: the same for
+//!   Herald on a Redis Cluster (`run.sh --redis cluster`), shown beside the others.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,9 @@ use serde_json::Value;
 
 /// Servers the runner knows, in page order.
 pub const PEERS: [&str; 2] = ["herald", "nchan"];
+
+/// Herald on a Redis Cluster: the runs of `run.sh --redis cluster`, a column of its own.
+pub const CLUSTER: &str = "herald_cluster";
 
 /// Scenarios in page order.
 pub const SCENARIOS: [&str; 9] = [
@@ -40,6 +45,8 @@ pub enum Run {
 #[derive(Debug, Default)]
 pub struct Raw {
     pub meta: Vec<(String, String)>,
+    /// `meta-cluster.txt`: how the Redis Cluster runs were made.
+    pub meta_cluster: Vec<(String, String)>,
     /// Per (peer, scenario), ordered by run number.
     runs: BTreeMap<(String, String), Vec<(u32, Run)>>,
 }
@@ -56,6 +63,10 @@ impl Raw {
             let text = || std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"));
             if name == "meta.txt" {
                 raw.meta = parse_meta(&text()?);
+                continue;
+            }
+            if name == "meta-cluster.txt" {
+                raw.meta_cluster = parse_meta(&text()?);
                 continue;
             }
             let Some((stem, kind)) = name.rsplit_once('.') else {
@@ -111,12 +122,19 @@ impl Raw {
             .collect()
     }
 
-    /// The first value of a meta key.
+    /// The first value of a meta key (of the Redis Cluster runs' when only they ran).
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.meta
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        let meta = if self.meta.is_empty() {
+            &self.meta_cluster
+        } else {
+            &self.meta
+        };
+        meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether any Redis Cluster run is present.
+    pub fn has_cluster(&self) -> bool {
+        self.runs.keys().any(|(peer, _)| peer == CLUSTER)
     }
 }
 
@@ -128,7 +146,8 @@ fn key(peer: &str, scenario: &str) -> (String, String) {
 fn parse_stem(stem: &str) -> Option<(&str, &str, u32)> {
     let mut parts = stem.split('-');
     let (peer, scenario, number) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !PEERS.contains(&peer) || !SCENARIOS.contains(&scenario) {
+    let known = PEERS.contains(&peer) || peer == CLUSTER;
+    if parts.next().is_some() || !known || !SCENARIOS.contains(&scenario) {
         return None;
     }
     Some((peer, scenario, number.parse().ok()?))
@@ -158,6 +177,10 @@ mod tests {
         assert_eq!(
             parse_stem("herald-api_publish-1"),
             Some(("herald", "api_publish", 1))
+        );
+        assert_eq!(
+            parse_stem("herald_cluster-channels-3"),
+            Some(("herald_cluster", "channels", 3))
         );
     }
 

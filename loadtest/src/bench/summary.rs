@@ -13,9 +13,12 @@ use super::stats::{thousands, Unit};
 pub fn line(report: &Value) -> (String, Option<String>) {
     let scenario = report["scenario"].as_str().unwrap_or("?");
     let clean = report["clean"] == Value::Bool(true);
+    let peer = match (report["peer"].as_str(), report["redis"].as_str()) {
+        (Some(peer), Some("cluster")) => format!("{peer}+cluster"),
+        (peer, _) => peer.unwrap_or("?").to_owned(),
+    };
     let mut out = format!(
-        "{scenario:<9} {:<7} {:<5} {:>6} clients, connect {}",
-        report["peer"].as_str().unwrap_or("?"),
+        "{scenario:<9} {peer:<7} {:<5} {:>6} clients, connect {}",
         if clean { "clean" } else { "NOT CLEAN" },
         thousands(at(report, "/clients").unwrap_or(0.0)),
         Unit::Seconds.format(at(report, "/connect/elapsed_s").unwrap_or(0.0)),

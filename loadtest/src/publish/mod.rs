@@ -1,4 +1,5 @@
-//! Publishers: Redis PUBLISH or FCALL herald_publish (Herald) or HTTP POST (Nchan), behind
+//! Publishers: Redis PUBLISH or FCALL herald_publish (Herald; on a Redis Cluster SPUBLISH
+//! or FCALL on each channel's master) or HTTP POST (Nchan), behind
 //! one enum, and the pacer that drives either at a fixed rate; and, for `api_publish`,
 //! the closed loop: C connections (Herald's `POST /api/publish`, or Redis directly), each
 //! sending one publication at a time as fast as the answers come.
@@ -10,12 +11,14 @@
 pub mod closed_loop;
 pub mod pace;
 pub mod via_api;
+mod via_cluster;
 mod via_nchan;
 mod via_redis;
 
-pub use via_redis::connect;
+pub use via_redis::{connect, connect_to};
 
 use crate::cli::{Common, PeerKind, PublishVia};
+use crate::cluster;
 use crate::plan::channel_name;
 
 /// The next sequence number per channel, starting at 1.
@@ -46,6 +49,8 @@ impl Sequences {
 
 pub enum Publisher {
     Redis(via_redis::RedisPublisher),
+    /// `--redis redis+cluster://...`: SPUBLISH (or FCALL) on the master owning each channel.
+    Cluster(via_cluster::ClusterPublisher),
     Nchan(via_nchan::NchanPublisher),
 }
 
@@ -59,6 +64,11 @@ impl Publisher {
                     .map(|name| format!("{}{name}", common.redis_channel_prefix))
                     .collect();
                 let via = common.publish.unwrap_or(PublishVia::Publish);
+                if cluster::is_cluster(&common.redis) {
+                    return Ok(Publisher::Cluster(
+                        via_cluster::ClusterPublisher::connect(&common.redis, names, via).await?,
+                    ));
+                }
                 Ok(Publisher::Redis(
                     via_redis::RedisPublisher::connect(&common.redis, names, via).await?,
                 ))
@@ -74,6 +84,7 @@ impl Publisher {
     pub async fn send(&mut self, batch: &[u32], seqs: &mut Sequences) -> Result<(), String> {
         match self {
             Publisher::Redis(publisher) => publisher.send(batch, seqs).await,
+            Publisher::Cluster(publisher) => publisher.send(batch, seqs).await,
             Publisher::Nchan(publisher) => publisher.send(batch, seqs).await,
         }
     }

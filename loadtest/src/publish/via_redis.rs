@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo};
 
 use super::Sequences;
 use crate::cli::PublishVia;
@@ -54,25 +54,38 @@ impl RedisPublisher {
         }
         pipe.query_async::<()>(&mut self.con)
             .await
-            .map_err(|e| match self.via {
-                PublishVia::Publish => format!("PUBLISH: {e}"),
-                // "Function not found": no Herald with history has loaded it into this Redis.
-                PublishVia::Fcall => format!(
-                    "FCALL herald_publish: {e} (Herald loads the function at start; is a \
-                     Herald with history support running on this Redis?)"
-                ),
-            })
+            .map_err(|e| failed(self.via, "PUBLISH", &e))
+    }
+}
+
+/// What a failed batch says: the command (`plain`: PUBLISH or SPUBLISH) and why.
+pub(super) fn failed(via: PublishVia, plain: &str, e: &redis::RedisError) -> String {
+    match via {
+        PublishVia::Publish => format!("{plain}: {e}"),
+        // "Function not found": no Herald with history has loaded it into this Redis.
+        PublishVia::Fcall => format!(
+            "FCALL herald_publish: {e} (Herald loads the function at start; is a \
+             Herald with history support running on this Redis?)"
+        ),
     }
 }
 
 /// A multiplexed connection with deadlines fit for a loaded machine.
 pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("redis url {url:?}: {e}"))?;
+    connect_to(info, url).await
+}
+
+/// As `connect`, to `info`; `what` names it in the error.
+pub async fn connect_to(info: ConnectionInfo, what: &str) -> Result<MultiplexedConnection, String> {
+    let client = redis::Client::open(info).map_err(|e| format!("redis at {what}: {e}"))?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| format!("cannot connect to redis at {url}: {e}"))
+        .map_err(|e| format!("cannot connect to redis at {what}: {e}"))
 }

@@ -17,7 +17,7 @@ use crate::plan::{channel_name, Layout};
 use crate::publish::closed_loop::{self, Path};
 use crate::publish::via_api::ApiTarget;
 use crate::report::{Phase, RunReport};
-use crate::run::Run;
+use crate::run::{single_redis_only, Run};
 use crate::tally::Latency;
 
 /// Bounds on the flags, so a run stays a measurement and not a load of its own.
@@ -61,6 +61,11 @@ struct Pair {
 
 pub async fn run(args: ApiPublish) -> Result<RunReport, String> {
     check(&args)?;
+    single_redis_only(
+        &args.common,
+        "api_publish",
+        "publishes to that Redis with PUBLISH from its own connections, beside the API",
+    )?;
     let url = match &args.api_url {
         Some(url) => url.clone(),
         None => ApiTarget::url_beside(&args.common.target)?,

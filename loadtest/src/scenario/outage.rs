@@ -19,7 +19,7 @@ use crate::plan::Layout;
 use crate::publish;
 use crate::redis_ops;
 use crate::report::RunReport;
-use crate::run::{redis_names, Run};
+use crate::run::{redis_names, single_redis_only, Run};
 use crate::usage::Window;
 
 /// How long a probe round may take to reach everyone before the next round is sent.
@@ -45,6 +45,11 @@ pub async fn run(args: Outage) -> Result<RunReport, String> {
     if args.common.peer != PeerKind::Herald {
         return Err("outage restarts the Redis behind Herald: --peer herald only".into());
     }
+    single_redis_only(
+        &args.common,
+        "outage",
+        "shuts that Redis down (SHUTDOWN NOSAVE) and starts it again with --redis-start-cmd",
+    )?;
     let layout = Layout::Spread {
         channels: args.channels,
     };

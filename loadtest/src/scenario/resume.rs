@@ -30,7 +30,7 @@ use crate::plan::Layout;
 use crate::publish::{self, pace::Control, pace::Stream};
 use crate::redis_ops;
 use crate::report::RunReport;
-use crate::run::Run;
+use crate::run::{single_redis_only, Run};
 use crate::stamp::now_ns;
 use crate::wave::{Wave, WaveSummary};
 
@@ -84,6 +84,11 @@ pub async fn run(mut args: Resume) -> Result<RunReport, String> {
                 .into(),
         );
     }
+    single_redis_only(
+        &args.common,
+        "resume",
+        "reads the commands the resume cost from that Redis's INFO commandstats",
+    )?;
     match args.common.publish {
         Some(PublishVia::Publish) => {
             return Err("resume publishes with FCALL herald_publish (offsets need it)".into())
