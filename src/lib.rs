@@ -22,8 +22,10 @@
 //! - `hub`        channel -> tape; the record of what Redis should carry
 //! - `redis`      the subscriber connection (own thread, read on another into a bounded
 //!   intake): reconnect, resubscribe, reconcile, probe; the command connection beside it
-//!   for history reads; the target (one node, or a master named by Sentinel and followed
-//!   across failovers) and the API's command handle that follows it too
+//!   for history reads; the target (one node, a master named by Sentinel and followed
+//!   across failovers, or a Redis Cluster: a link per master, channels SSUBSCRIBEd on
+//!   their slot's owner, the topology followed) and the API's command handle that
+//!   follows it too
 //! - `api`        the server API: publish over HTTP, channel counts, disconnect a user
 //! - `presence`   each instance's channel counts in Redis, for the API's cluster scope
 //! - `disconnect` each token subject's sessions, for the API's disconnect

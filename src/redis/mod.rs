@@ -1,4 +1,5 @@
-//! The one connection to Redis that carries every channel, and its own thread.
+//! The one connection to Redis that carries every channel (one per master on a Cluster),
+//! and its own thread.
 //!
 //! ```text
 //! loop:
@@ -15,6 +16,10 @@
 //!   any end of either = connection lost ───────────────────────────────────────────────┘
 //!   (on Sentinel, `+switch-master` to another node also = lost, and no wait follows)
 //! ```
+//!
+//! On a Redis Cluster (`redis+cluster://`) the same loop runs `shards` instead: a link
+//! per master, each channel SSUBSCRIBEd on its slot's owner, the topology followed; a
+//! lost master costs only its own channels a move (see `shards`).
 //!
 //! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
 //! from outside the runtime that runs them; see `spawn` for why that matters. The socket is
