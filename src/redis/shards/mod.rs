@@ -46,6 +46,15 @@ use link::Link;
 /// `sunsubscribe`: research notes 4.6). Centrifugo polls every 30 s too.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
+impl Drop for Shards<'_> {
+    /// The subscriber starts over (or stops): no link is up any more.
+    fn drop(&mut self) {
+        for addr in self.links.keys() {
+            self.cx.metrics.set_node_connected(addr, false);
+        }
+    }
+}
+
 /// Channels `go_home` subscribed: new ones (to anchor) and the tapes of moved ones (to
 /// fill).
 #[derive(Default)]
@@ -83,6 +92,8 @@ pub struct Shards<'a> {
     moving: HashSet<Name>,
     /// The link carrying the control channel.
     control: Option<Arc<str>>,
+    /// Redis's ACL refuses Herald the control channel: nothing to wait for.
+    control_refused: bool,
     /// Something suggested the topology changed: `rehome` should read it again.
     stale: bool,
     /// Links made so far (each link's serial).
@@ -103,6 +114,7 @@ impl<'a> Shards<'a> {
             homeless: HashSet::new(),
             moving: HashSet::new(),
             control: None,
+            control_refused: false,
             stale: false,
             serials: 0,
         };
@@ -120,7 +132,7 @@ impl<'a> Shards<'a> {
 
     /// Whether every live channel is on its master (what `/readyz` reports).
     pub fn settled(&self) -> bool {
-        self.homeless.is_empty() && self.control.is_some()
+        self.homeless.is_empty() && (self.control.is_some() || self.control_refused)
     }
 
     /// Whether `rehome` has work: something is off its master, or the topology may have
@@ -137,7 +149,7 @@ impl<'a> Shards<'a> {
     /// Subscribes the control channel on some link; a refusal is logged (as for a single
     /// Redis: only the server API's disconnect needs it).
     pub async fn subscribe_control(&mut self) -> Result<(), BatchError> {
-        if self.control.is_some() {
+        if self.control.is_some() || self.control_refused {
             return Ok(());
         }
         let control = self.cx.prefix.control();
@@ -146,6 +158,12 @@ impl<'a> Shards<'a> {
             match link.subscribe_control(&control, intake, timeout).await {
                 Ok(()) => {
                     self.control = Some(link.addr.clone());
+                    return Ok(());
+                }
+                Err(BatchError::Redis(e)) if e.code() == Some("NOPERM") => {
+                    warn!(channel = %control, error = %e, "redis refused the control channel; \
+                          the server API's disconnect will not reach this instance");
+                    self.control_refused = true;
                     return Ok(());
                 }
                 Err(e) => warn!(node = %link.addr, error = %e, "control channel not subscribed"),
