@@ -178,11 +178,8 @@ impl Commands {
         moves: u64,
     ) -> RedisResult<Current> {
         let timeout = self.0.timeout;
-        let client = redis::cluster::ClusterClientBuilder::new(seeds)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .build()?;
-        let conn = match tokio::time::timeout(timeout, client.get_async_connection()).await {
+        let opening = super::topology::command_connection(&seeds, timeout, timeout);
+        let conn = match tokio::time::timeout(timeout, opening).await {
             Ok(conn) => conn?,
             Err(_) => return Err(other("connect to the redis cluster: timed out".into())),
         };

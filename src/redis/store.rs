@@ -58,12 +58,8 @@ impl Store {
         connect: Duration,
         timeout: Duration,
     ) -> Result<Store, BatchError> {
-        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
-            .connection_timeout(connect)
-            .response_timeout(timeout)
-            .build()
-            .map_err(BatchError::Redis)?;
-        let conn = within(connect, client.get_async_connection()).await?;
+        let opening = super::topology::command_connection(seeds, connect, timeout);
+        let conn = within(connect, opening).await?;
         Ok(Store {
             conn: Conn::Cluster(conn),
             timeout,

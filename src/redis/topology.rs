@@ -38,6 +38,21 @@ pub use seeds::{is_cluster_url, seeds, SeedError};
 pub use shards::ParseError;
 pub use slot::{slot, SLOTS};
 
+/// redis-rs's cluster connection through `seeds`, for commands (it routes each by its
+/// key and follows MOVED itself; subscribing is `shards`' own business). `connect` bounds
+/// each connect, `response` each reply.
+pub async fn command_connection(
+    seeds: &[ConnectionInfo],
+    connect: std::time::Duration,
+    response: std::time::Duration,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .build()?;
+    client.get_async_connection().await
+}
+
 /// A master that owns slots, as `CLUSTER SHARDS` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Master {
