@@ -15,7 +15,7 @@ use super::reconcile::BatchError;
 use super::store::Store;
 use crate::channel::{Name, Prefix};
 use crate::history::library::TOP_ONLY;
-use crate::history::request::{Answer, Need, Request};
+use crate::history::request::{Answer, Need, Receiver, Request};
 use crate::history::sequence::Read;
 use crate::history::Rules;
 use crate::hub::Hub;
@@ -85,7 +85,7 @@ impl<'a> History<'a> {
 
     /// Anchors the new history tapes among `live`, channels subscribed on this
     /// connection whose tape changed (a first subscriber came).
-    pub async fn anchor(&mut self, live: &[Name]) -> Result<(), BatchError> {
+    async fn anchor(&mut self, live: &[Name]) -> Result<(), BatchError> {
         let tapes: Vec<Arc<Tape>> = live
             .iter()
             .filter_map(|name| self.hub.tape(name))
@@ -114,9 +114,19 @@ impl<'a> History<'a> {
         Ok(())
     }
 
-    /// Takes a session's request; it is answered by `serve` once its channel settles.
-    pub fn take(&mut self, request: Request) {
+    /// Takes a session's request, and every one already queued behind it: one read per
+    /// channel serves them all. Each is answered by `serve` once its channel settles.
+    pub fn take(&mut self, request: Request, queued: &mut Receiver) {
         self.parked.push(request);
+        while let Ok(request) = queued.try_recv() {
+            self.parked.push(request);
+        }
+    }
+
+    /// Anchors the new history channels among `live`, then answers what waited on them.
+    pub async fn anchor_and_serve(&mut self, live: &[Name]) -> Result<(), BatchError> {
+        self.anchor(live).await?;
+        self.serve().await
     }
 
     /// Answers every request whose channel is settled: `Settled` at once, reads with one

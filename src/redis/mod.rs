@@ -423,19 +423,12 @@ impl Subscriber {
                         Ok(live) => live,
                         Err(e) => return Lost::batch(e),
                     };
-                    if let Err(e) = history.anchor(&live).await {
-                        return Lost::batch(e);
-                    }
-                    if let Err(e) = history.serve().await {
+                    if let Err(e) = history.anchor_and_serve(&live).await {
                         return Lost::batch(e);
                     }
                 }
                 Some(request) = requests.recv() => {
-                    // Take every request already queued: one read per channel serves them.
-                    history.take(request);
-                    while let Ok(request) = requests.try_recv() {
-                        history.take(request);
-                    }
+                    history.take(request, requests);
                     if let Err(e) = history.serve().await {
                         return Lost::batch(e);
                     }

@@ -1553,6 +1553,30 @@ pub struct PublishLog {
 }
 
 impl PublishLog {
+    /// FCALLs the next `count` seqs on `channel` in one pipeline on `conn`; acknowledged,
+    /// they are logged with the offsets Redis gave them.
+    pub async fn fcall_next(
+        &mut self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        channel: &str,
+        count: usize,
+    ) -> redis::RedisResult<()> {
+        let seqs: Vec<u64> = (self.next_seq..).take(count).collect();
+        self.next_seq += seqs.len() as u64;
+        let mut pipe = redis::pipe();
+        for seq in &seqs {
+            pipe.cmd("FCALL")
+                .arg("herald_publish")
+                .arg(1)
+                .arg(channel)
+                .arg(json!({"seq": seq}).to_string());
+        }
+        let offsets: Vec<String> = pipe.query_async(conn).await?;
+        let offsets = offsets.iter().map(|o| Offset::parse(o));
+        self.acked.extend(seqs.into_iter().zip(offsets));
+        Ok(())
+    }
+
     /// `count` publications in one pipeline, through the test's own connection.
     pub async fn publish_many(&mut self, redis: &Redis, channel: &str, count: usize) -> usize {
         self.publish_padded(redis, channel, count, 0).await
@@ -1662,20 +1686,8 @@ impl Publisher {
                         },
                     };
                     let left = pace.total.map_or(pace.batch, |t| t - log.acked.len());
-                    let seqs: Vec<u64> = (log.next_seq..).take(pace.batch.min(left)).collect();
-                    log.next_seq += seqs.len() as u64;
-                    let mut pipe = redis::pipe();
-                    for seq in &seqs {
-                        pipe.cmd("FCALL")
-                            .arg("herald_publish")
-                            .arg(1)
-                            .arg(&channel)
-                            .arg(json!({"seq": seq}).to_string());
-                    }
-                    match pipe.query_async::<Vec<String>>(&mut c).await {
-                        Ok(offsets) => {
-                            let offsets = offsets.iter().map(|o| Offset::parse(o));
-                            log.acked.extend(seqs.into_iter().zip(offsets));
+                    match log.fcall_next(&mut c, &channel, pace.batch.min(left)).await {
+                        Ok(()) => {
                             acked_tx.send_replace(log.acked.len());
                         }
                         Err(e) if outage(&e) => {

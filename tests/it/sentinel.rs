@@ -294,20 +294,8 @@ impl FailoverPublisher {
                             None => continue,
                         },
                     };
-                    let seqs: Vec<u64> = (log.next_seq..).take(5).collect();
-                    log.next_seq += seqs.len() as u64;
-                    let mut pipe = redis::pipe();
-                    for seq in &seqs {
-                        pipe.cmd("FCALL")
-                            .arg("herald_publish")
-                            .arg(1)
-                            .arg(&channel)
-                            .arg(json!({"seq": seq}).to_string());
-                    }
-                    match pipe.query_async::<Vec<String>>(&mut c).await {
-                        Ok(offsets) => {
-                            let offsets = offsets.iter().map(|o| Offset::parse(o));
-                            log.acked.extend(seqs.into_iter().zip(offsets));
+                    match log.fcall_next(&mut c, &channel, 5).await {
+                        Ok(()) => {
                             acked_tx.send_replace(log.acked.len());
                         }
                         Err(_) => {

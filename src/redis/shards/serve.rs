@@ -135,18 +135,12 @@ impl Subscriber {
                     if let Err(e) = history.fill(&moved).await {
                         return Lost::batch(e);
                     }
-                    if let Err(e) = history.anchor(&live).await {
-                        return Lost::batch(e);
-                    }
-                    if let Err(e) = history.serve().await {
+                    if let Err(e) = history.anchor_and_serve(&live).await {
                         return Lost::batch(e);
                     }
                 }
                 Some(request) = requests.recv() => {
-                    history.take(request);
-                    while let Ok(request) = requests.try_recv() {
-                        history.take(request);
-                    }
+                    history.take(request, requests);
                     if let Err(e) = history.serve().await {
                         return Lost::batch(e);
                     }
