@@ -344,19 +344,10 @@ impl Subscriber {
         requests: &mut Requests,
     ) -> Lost {
         let timeout = self.settings.timeout;
-        let store = if self.settings.history.is_empty() {
-            None
-        } else {
-            let connect = Store::connect(&node.client, timeout, self.settings.history_timeout);
-            let mut store = match connect.await {
-                Ok(store) => store,
-                Err(e) => return Lost::connect(e),
-            };
-            let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
-            if let Err(e) = store.load_library(prefix, rules).await {
-                return Lost::batch(e);
-            }
-            Some(store)
+        let connect = Store::connect(&node.client, timeout, self.settings.history_timeout);
+        let store = match self.open_store(connect).await {
+            Ok(store) => store,
+            Err(lost) => return lost,
         };
         let mut reconciler = Reconciler::new(
             conn,
@@ -398,6 +389,23 @@ impl Subscriber {
         }
         self.control(&mut reconciler, &mut history, requests, backoff)
             .await
+    }
+
+    /// The history store, its library loaded; none while no channel keeps history.
+    async fn open_store(
+        &self,
+        connect: impl std::future::Future<Output = Result<Store, BatchError>>,
+    ) -> Result<Option<Store>, Lost> {
+        if self.settings.history.is_empty() {
+            return Ok(None);
+        }
+        let mut store = connect.await.map_err(Lost::connect)?;
+        let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
+        store
+            .load_library(prefix, rules)
+            .await
+            .map_err(Lost::batch)?;
+        Ok(Some(store))
     }
 
     /// Follows the hub's changes, answers the sessions' history requests and probes

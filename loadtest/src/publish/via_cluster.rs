@@ -54,16 +54,7 @@ impl ClusterPublisher {
             let payload = encode(t, seqs.take(channel), channel);
             let name = &self.names[channel as usize];
             let pipe = &mut self.pipes[self.owners[channel as usize]];
-            match self.via {
-                PublishVia::Publish => pipe.cmd("SPUBLISH").arg(name).arg(payload).ignore(),
-                PublishVia::Fcall => pipe
-                    .cmd("FCALL")
-                    .arg("herald_publish")
-                    .arg(1)
-                    .arg(name)
-                    .arg(payload)
-                    .ignore(),
-            };
+            super::via_redis::add(pipe, self.via, "SPUBLISH", name, payload);
         }
         let sends = self
             .pipes

@@ -41,16 +41,7 @@ impl RedisPublisher {
         for &channel in batch {
             let payload = encode(t, seqs.take(channel), channel);
             let name = &self.names[channel as usize];
-            match self.via {
-                PublishVia::Publish => pipe.cmd("PUBLISH").arg(name).arg(payload).ignore(),
-                PublishVia::Fcall => pipe
-                    .cmd("FCALL")
-                    .arg("herald_publish")
-                    .arg(1)
-                    .arg(name)
-                    .arg(payload)
-                    .ignore(),
-            };
+            add(&mut pipe, self.via, "PUBLISH", name, payload);
         }
         pipe.query_async::<()>(&mut self.con)
             .await
@@ -59,6 +50,27 @@ impl RedisPublisher {
 }
 
 /// What a failed batch says: the command (`plain`: PUBLISH or SPUBLISH) and why.
+/// Adds one publication to `pipe`: `plain` (PUBLISH, or SPUBLISH on a Cluster) or
+/// `FCALL herald_publish`, its reply ignored.
+pub(super) fn add(
+    pipe: &mut redis::Pipeline,
+    via: PublishVia,
+    plain: &str,
+    name: &str,
+    payload: String,
+) {
+    match via {
+        PublishVia::Publish => pipe.cmd(plain).arg(name).arg(payload).ignore(),
+        PublishVia::Fcall => pipe
+            .cmd("FCALL")
+            .arg("herald_publish")
+            .arg(1)
+            .arg(name)
+            .arg(payload)
+            .ignore(),
+    };
+}
+
 pub(super) fn failed(via: PublishVia, plain: &str, e: &redis::RedisError) -> String {
     match via {
         PublishVia::Publish => format!("{plain}: {e}"),

@@ -67,19 +67,10 @@ impl Subscriber {
         requests: &mut Requests,
     ) -> Lost {
         let timeout = self.settings.timeout;
-        let store = if self.settings.history.is_empty() {
-            None
-        } else {
-            let connecting = Store::connect_cluster(seeds, timeout, self.settings.history_timeout);
-            let mut store = match connecting.await {
-                Ok(store) => store,
-                Err(e) => return Lost::connect(e),
-            };
-            let (prefix, rules) = (&self.settings.prefix, &self.settings.history);
-            if let Err(e) = store.load_library(prefix, rules).await {
-                return Lost::batch(e);
-            }
-            Some(store)
+        let connect = Store::connect_cluster(seeds, timeout, self.settings.history_timeout);
+        let store = match self.open_store(connect).await {
+            Ok(store) => store,
+            Err(lost) => return lost,
         };
         if let Err(e) = shards.subscribe_control().await {
             return Lost::batch(e);
