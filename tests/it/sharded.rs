@@ -443,3 +443,78 @@ async fn the_server_api_works_the_same_on_a_cluster() {
         json!({"n": 2})
     );
 }
+
+/// An ACL that refuses one shard channel (and the control channel) refuses that channel
+/// to its subscribers and nothing else: the link stays, the other channels deliver, and
+/// the instance is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
+    let cluster = Cluster::start().await;
+    for port in cluster.ports() {
+        let _: () = cluster
+            .query(
+                port,
+                redis::cmd("ACL").arg(
+                    &[
+                        "SETUSER",
+                        "limited",
+                        "on",
+                        ">limited-pass",
+                        "~*",
+                        "+@all",
+                        "resetchannels",
+                        "&allowed:*",
+                    ][..],
+                ),
+            )
+            .await;
+    }
+    let url = cluster
+        .seeds()
+        .replace("redis+cluster://", "redis+cluster://limited:limited-pass@");
+    let gw = Gateway::start(&url, crate::redis_loss::FAST_REDIS).await;
+    gw.wait_ready(secs(20)).await;
+    let mut bystander = subscriber(&gw, &["allowed:1".to_string()]).await;
+    let mut client = Client::connect(&gw.ws_url("")).await;
+    let reply = client
+        .request(json!({"op": "subscribe", "id": 1, "channels": ["forbidden:1", "allowed:2"]}))
+        .await;
+    // As on one Redis: the `ok` and then the refusal, or the subscribe refused outright
+    // when Redis was quicker (then the allowed channel is asked for alone).
+    let error = if reply["op"] == "ok" {
+        client.expect_op("error", secs(10)).await
+    } else {
+        client.subscribe(2, &["allowed:2"]).await;
+        reply
+    };
+    assert_eq!(error["code"], "forbidden", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("forbidden:1"),
+        "{error}"
+    );
+    let held: BTreeSet<String> = ["allowed:1", "allowed:2"].map(String::from).into();
+    wait_carried(&cluster, &held, secs(20)).await;
+    cluster.spublish("allowed:1", "still served").await;
+    assert_eq!(
+        bystander.expect_message("allowed:1", secs(5)).await["data"],
+        "still served"
+    );
+    cluster.spublish("allowed:2", "yours too").await;
+    assert_eq!(
+        client.expect_message("allowed:2", secs(5)).await["data"],
+        "yours too"
+    );
+    assert_eq!(
+        gw.get("/readyz").await.0,
+        200,
+        "ready without the control channel"
+    );
+    let logs = gw.logs().join("\n");
+    assert!(
+        !logs.contains("redis cluster master lost"),
+        "no link was replaced:\n{logs}"
+    );
+}

@@ -361,7 +361,7 @@ impl<'a> Shards<'a> {
                     continue;
                 }
             }
-            let channels: Vec<String> = slots.into_values().flatten().collect();
+            let mut channels: Vec<String> = slots.into_values().flatten().collect();
             let (intake, timeout) = (self.cx.intake, self.cx.timeout);
             let link = self.links.get_mut(&addr).expect("linked");
             match link.subscribe(&channels, intake, timeout).await {
@@ -369,6 +369,17 @@ impl<'a> Shards<'a> {
                 Err(BatchError::Redis(e)) if matches!(e.code(), Some("MOVED" | "ASK")) => {
                     self.stale = true;
                     continue;
+                }
+                // A channel the ACL refuses is about that channel, not the link (as on one
+                // Redis: `reconcile`): find which, refuse those, keep the rest.
+                Err(BatchError::Redis(e)) if e.code() == Some("NOPERM") => {
+                    match self.refuse_the_refused(&addr, channels).await {
+                        Ok(allowed) => channels = allowed,
+                        Err(e) => {
+                            self.lose(&addr, &e.to_string());
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => {
                     self.lose(&addr, &e.to_string());
@@ -394,6 +405,39 @@ impl<'a> Shards<'a> {
             let _ = self.subscribe_control().await;
         }
         homed
+    }
+
+    /// Subscribes `channels` on link `addr` one by one; those the ACL refuses are refused
+    /// to their subscribers (and leave the homeless). Returns the others.
+    async fn refuse_the_refused(
+        &mut self,
+        addr: &Arc<str>,
+        channels: Vec<String>,
+    ) -> Result<Vec<String>, BatchError> {
+        let (intake, timeout) = (self.cx.intake, self.cx.timeout);
+        let link = self.links.get_mut(addr).expect("linked");
+        let mut allowed = Vec::new();
+        for channel in channels {
+            match link
+                .subscribe(std::slice::from_ref(&channel), intake, timeout)
+                .await
+            {
+                Ok(()) => allowed.push(channel),
+                Err(BatchError::Redis(e)) if e.code() == Some("NOPERM") => {
+                    warn!(%channel, error = %e, "redis refused a channel; its subscribers are told");
+                    let Some(name) = self.cx.prefix.from_redis(&channel) else {
+                        continue;
+                    };
+                    self.homeless.remove(name);
+                    self.moving.remove(name);
+                    if let Some(tape) = self.cx.hub.tape(name) {
+                        tape.refuse(&format!("redis refused the channel: {e}"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(allowed)
     }
 
     /// Connects the link to master `index`.
