@@ -115,7 +115,10 @@ impl Subscriber {
         let mut retry = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
         let mut rehome_at: Option<Instant> = None;
         loop {
-            self.readiness.set_redis_up(shards.settled());
+            // Up while every channel is on its master; a master away shows per node too.
+            let settled = shards.settled();
+            self.readiness.set_redis_up(settled);
+            self.metrics.redis_connected.set(i64::from(settled));
             if shards.needs_rehome() && rehome_at.is_none() {
                 rehome_at = Some(Instant::now() + retry.next_delay());
             }
