@@ -9,6 +9,8 @@
 # Then fanout, channels and fanout through FCALL once more against a second Herald on a
 # 3-master Redis Cluster (`--redis redis+cluster://...`: SPUBLISH, or FCALL, to each
 # channel's master), ~8 s more.
+# Last, fanout and channels against herald-reference (the one-thread limit Herald is
+# measured against, issue 14) on a fresh Redis, ~5 s more.
 #
 #   loadtest/smoke.sh          # ~40 s after the build
 #
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/.."
 source loadtest/lib.sh
 
 cargo build --quiet -p herald -p herald-loadtest
+# (herald-loadtest's package builds both of its binaries: the generator and herald-reference.)
 bin="${CARGO_TARGET_DIR:-target}/debug"
 command -v redis-server >/dev/null || {
   echo "smoke.sh: redis-server is not installed (apt-get install redis-server)" >&2
@@ -30,11 +33,12 @@ command -v redis-cli >/dev/null || {
 }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-smoke.XXXXXX")
-herald_pid= cluster_herald_pid=
+herald_pid= cluster_herald_pid= reference_pid=
 cleanup() {
   local status=$?
   [[ -n $herald_pid ]] && stop_pid "$herald_pid"
   [[ -n $cluster_herald_pid ]] && stop_pid "$cluster_herald_pid"
+  [[ -n $reference_pid ]] && stop_pid "$reference_pid"
   stop_redis "$work"
   stop_cluster "$work/cluster"
   if ((status != 0)); then
@@ -43,6 +47,10 @@ cleanup() {
     if [[ -f $work/herald-cluster.log ]]; then
       echo "smoke.sh: the Redis Cluster Herald's log:" >&2
       tail -n 20 "$work/herald-cluster.log" >&2 || true
+    fi
+    if [[ -f $work/reference.log ]]; then
+      echo "smoke.sh: herald-reference's log:" >&2
+      tail -n 20 "$work/reference.log" >&2 || true
     fi
   fi
   rm -rf "$work"
@@ -125,8 +133,28 @@ smoke --as channels_cluster channels --clients 50 --own-rate 100 --duration 1s
 smoke --as fanout_history_cluster fanout --clients 50 --rates 20,200 --duration 1s \
   --publish fcall --channel-prefix hist.
 
+stop_pid "$cluster_herald_pid"
+cluster_herald_pid=
+stop_cluster "$work/cluster"
+
+# The reference server: the same generator, Herald's wire subset, one thread
+# (src/reference/). Plain Redis only; it is ready once listening (it connects to Redis
+# first), and /readyz says so.
+redis_port=$(free_port)
+reference_port=$(free_port "$redis_port")
+start_redis "$redis_port" "$work"
+"$bin/herald-reference" --listen "127.0.0.1:$reference_port" \
+  --redis "redis://127.0.0.1:$redis_port" >"$work/reference.log" 2>&1 &
+reference_pid=$!
+wait_for 20 "herald-reference to be ready on port $reference_port" \
+  http_ok "$reference_port" /readyz
+common=(--target "ws://127.0.0.1:$reference_port/ws" --redis "redis://127.0.0.1:$redis_port"
+  --server-pid "$reference_pid" --json)
+smoke --as fanout_reference fanout --clients 50 --rates 20,200 --duration 1s
+smoke --as channels_reference channels --clients 50 --own-rate 100 --duration 1s
+
 if ((${#failed[@]})); then
   echo "smoke.sh: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "smoke.sh: all twelve runs clean"
+echo "smoke.sh: all fourteen runs clean"

@@ -94,13 +94,13 @@ impl Server {
                     LISTENER => self.accept(),
                     REDIS => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.from_redis()?;
+                            self.read_redis()?;
                         }
                     }
                     Token(t) => {
                         let id = t - FIRST_CLIENT;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.from_client(id);
+                            self.read_client(id);
                         }
                         if event.is_writable() {
                             self.flush_client(id);
@@ -145,7 +145,7 @@ impl Server {
     }
 
     /// Reads Redis batch by batch; each batch is fanned out and flushed before the next.
-    fn from_redis(&mut self) -> Result<(), String> {
+    fn read_redis(&mut self) -> Result<(), String> {
         while self.redis.read()? {
             let Server {
                 redis,
@@ -211,7 +211,7 @@ impl Server {
         }
     }
 
-    fn from_client(&mut self, id: ClientId) {
+    fn read_client(&mut self, id: ClientId) {
         let Some(client) = self.clients[id].as_mut() else {
             return;
         };
