@@ -1,7 +1,7 @@
 //! The client requests the reference answers (`subscribe`, `unsubscribe`, `ping`) and its
 //! JSON replies, in Herald's wire format.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A client request, read from a text frame.
 #[derive(Debug, PartialEq)]
@@ -46,37 +46,44 @@ pub fn parse(text: &[u8]) -> Op {
     }
 }
 
-/// `{"op":"welcome",...}`: no heartbeat, since the reference sends no pings.
+// Replies are written with `op` first, as Herald writes them (serde_json's `json!` would
+// sort the keys).
+
+/// `{"op":"welcome",...}`: heartbeat 0, since the reference sends no pings.
 pub fn welcome(session: u64, channels: impl Iterator<Item = String>) -> String {
-    let channels: Vec<String> = channels.collect();
-    json!({"op": "welcome", "session": session.to_string(), "heartbeat": 0, "channels": channels})
-        .to_string()
+    let channels = list(channels);
+    format!(r#"{{"op":"welcome","session":"{session}","heartbeat":0,"channels":{channels}}}"#)
 }
 
 /// The reply to subscribe/unsubscribe: the client's full set after it.
 pub fn ok(id: Option<Value>, channels: impl Iterator<Item = String>) -> String {
-    let channels: Vec<String> = channels.collect();
-    with_id(json!({"op": "ok", "channels": channels}), id)
+    let (id, channels) = (id_member(id), list(channels));
+    format!(r#"{{"op":"ok"{id},"channels":{channels}}}"#)
 }
 
 pub fn pong(id: Option<Value>) -> String {
-    with_id(json!({"op": "pong"}), id)
+    format!(r#"{{"op":"pong"{}}}"#, id_member(id))
 }
 
 pub fn error(id: Option<Value>, code: &str, message: &str) -> String {
-    with_id(json!({"op": "error", "code": code, "message": message}), id)
+    let id = id_member(id);
+    let message = Value::from(message);
+    format!(r#"{{"op":"error"{id},"code":"{code}","message":{message}}}"#)
 }
 
-fn with_id(mut reply: Value, id: Option<Value>) -> String {
-    if let Some(id) = id {
-        reply["id"] = id;
-    }
-    reply.to_string()
+/// `,"id":<id>` when the request had one.
+fn id_member(id: Option<Value>) -> String {
+    id.map_or_else(String::new, |id| format!(r#","id":{id}"#))
+}
+
+fn list(channels: impl Iterator<Item = String>) -> Value {
+    Value::from(channels.collect::<Vec<String>>())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn requests() {
@@ -97,5 +104,16 @@ mod tests {
         let reply: Value =
             serde_json::from_str(&ok(Some(json!(7)), ["a".to_owned()].into_iter())).unwrap();
         assert_eq!(reply, json!({"op":"ok","id":7,"channels":["a"]}));
+        assert_eq!(pong(None), r#"{"op":"pong"}"#);
+        assert_eq!(
+            welcome(1, ["a".to_owned()].into_iter()),
+            r#"{"op":"welcome","session":"1","heartbeat":0,"channels":["a"]}"#
+        );
+        let refusal: Value =
+            serde_json::from_str(&error(Some(json!("x")), "bad_request", "no")).unwrap();
+        assert_eq!(
+            refusal,
+            json!({"op":"error","id":"x","code":"bad_request","message":"no"})
+        );
     }
 }
