@@ -879,17 +879,7 @@ async fn no_loss_across(outage: Outage) {
     wait_reconnect(&gw, reconnects_before).await;
     let log = publisher.finish(&redis).await;
 
-    let mut failures = Vec::new();
-    for (i, reader) in readers.into_iter().enumerate() {
-        match reader.await.expect("reader task") {
-            Ok(got) => {
-                if let Err(e) = check_exactly_once(&got, &log, 1) {
-                    failures.push(format!("client {i}: {e}"));
-                }
-            }
-            Err(e) => failures.push(format!("client {i}: {e}")),
-        }
-    }
+    let failures = not_exactly_once(readers, &log).await;
     let m = gw.metrics().await;
     eprintln!(
         "history: {} publications acknowledged ({} batches failed in the outage); gap-filled: \
@@ -1488,6 +1478,25 @@ pub async fn read_until_fin(mut client: Client, channel: &str) -> Result<Vec<Rec
 /// in order); and every acknowledged publication at the offset Redis returned for it.
 /// Publications whose batch failed in an outage may or may not exist (Redis may have run
 /// them just before dying); if they do, they sit in the dense sequence like any other.
+/// What each reader (`read_until_fin`) got wrong against `log`, one line per client: empty
+/// when every client saw every acknowledged publication once, in order.
+pub async fn not_exactly_once(
+    readers: Vec<JoinHandle<Result<Vec<Received>, String>>>,
+    log: &PublishLog,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let checked = reader
+            .await
+            .expect("reader task")
+            .and_then(|got| check_exactly_once(&got, log, 1));
+        if let Err(e) = checked {
+            failures.push(format!("client {i}: {e}"));
+        }
+    }
+    failures
+}
+
 pub fn check_exactly_once(got: &[Received], log: &PublishLog, first_n: u64) -> Result<(), String> {
     let (Some(head), Some((_, last))) = (got.first(), log.acked.last()) else {
         return Err(format!(

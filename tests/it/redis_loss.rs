@@ -416,22 +416,10 @@ async fn acl_log_count(redis: &Redis) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
     let redis = Redis::start().await;
-    redis
-        .raw(&[
-            "ACL",
-            "SETUSER",
-            "limited",
-            "on",
-            ">limited-pass",
-            "~*",
-            "+@all",
-            "resetchannels",
-            "&allowed:*",
-        ])
-        .await;
+    redis.raw(&[&["ACL"][..], &LIMITED_ACL].concat()).await;
     let url = redis
         .url()
-        .replace("redis://", "redis://limited:limited-pass@");
+        .replace("redis://", &format!("redis://{LIMITED_USER}"));
     let gw = Gateway::start(&url, FAST_REDIS).await;
     gw.wait_ready(secs(10)).await;
     let mut bystander = Client::connect(&gw.ws_url("channels=allowed:1")).await;
@@ -459,6 +447,21 @@ async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
     );
     assert_eq!(gw.get("/readyz").await.0, 200);
 }
+
+/// An ACL user who may use every command and key but only the `allowed:*` channels.
+pub const LIMITED_ACL: [&str; 8] = [
+    "SETUSER",
+    "limited",
+    "on",
+    ">limited-pass",
+    "~*",
+    "+@all",
+    "resetchannels",
+    "&allowed:*",
+];
+
+/// Its credentials, as the user part of a Redis URL.
+pub const LIMITED_USER: &str = "limited:limited-pass@";
 
 /// Subscribes `forbidden:1` and `allowed:2`, which an ACL limited to `&allowed:*` lets
 /// through only in part: ends holding `allowed:2`, told `forbidden:1` was refused.

@@ -9,7 +9,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::wait_channels;
-use crate::history::{check_exactly_once, read_until_fin, Offset, PublishLog};
+use crate::history::{not_exactly_once, read_until_fin, Offset, PublishLog};
 use crate::redis_loss::FAST_REDIS;
 use crate::support::sentinel::{ask_master, role};
 use crate::support::{eventually, http, secs, Client, Gateway, Sentinels};
@@ -74,17 +74,7 @@ async fn a_killed_master_is_followed_without_loss() {
     publisher.wait_acked(at_switch + 300).await;
     let log = publisher.finish().await;
 
-    let mut failures = Vec::new();
-    for (i, reader) in readers.into_iter().enumerate() {
-        match reader.await.expect("reader task") {
-            Ok(got) => {
-                if let Err(e) = check_exactly_once(&got, &log, 1) {
-                    failures.push(format!("client {i}: {e}"));
-                }
-            }
-            Err(e) => failures.push(format!("client {i}: {e}")),
-        }
-    }
+    let failures = not_exactly_once(readers, &log).await;
     assert!(
         failures.is_empty(),
         "{} acknowledged ({} batches failed in the switch); not every publication once, in \

@@ -454,24 +454,14 @@ async fn a_channel_the_acl_refuses_cuts_off_no_one_else() {
         let _: () = cluster
             .query(
                 port,
-                redis::cmd("ACL").arg(
-                    &[
-                        "SETUSER",
-                        "limited",
-                        "on",
-                        ">limited-pass",
-                        "~*",
-                        "+@all",
-                        "resetchannels",
-                        "&allowed:*",
-                    ][..],
-                ),
+                redis::cmd("ACL").arg(&crate::redis_loss::LIMITED_ACL[..]),
             )
             .await;
     }
-    let url = cluster
-        .seeds()
-        .replace("redis+cluster://", "redis+cluster://limited:limited-pass@");
+    let url = cluster.seeds().replace(
+        "redis+cluster://",
+        &format!("redis+cluster://{}", crate::redis_loss::LIMITED_USER),
+    );
     let gw = Gateway::start(&url, crate::redis_loss::FAST_REDIS).await;
     gw.wait_ready(secs(20)).await;
     let mut bystander = subscriber(&gw, &["allowed:1".to_string()]).await;
