@@ -298,9 +298,12 @@ fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(
+            session::Gated::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
         session::run(ws, channels, grant, shared).await;
         drop(slot);
     });

@@ -5,9 +5,12 @@
 //! publications costs the session one mark and one wake, however long the burst.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::payload::Frame;
 use crate::tape::Tape;
@@ -21,10 +24,16 @@ pub struct Batch {
     pub missed: u64,
 }
 
+/// The wake is a flag and the session task's waker, not a `tokio::sync::Notify`: a
+/// `Notified` takes the Notify's mutex each time it is polled, and the session polled one
+/// on every turn (5.2% of the server's instructions in a callgrind profile of `channels`).
 #[derive(Default)]
 pub struct Inbox {
     state: Mutex<State>,
-    ready: Notify,
+    /// Set by a mark that made the list non-empty (or a disconnect); cleared by the poll
+    /// that sees it.
+    news: AtomicBool,
+    task: AtomicWaker,
 }
 
 #[derive(Default)]
@@ -53,13 +62,32 @@ impl Inbox {
         // Only the mark that makes the list non-empty wakes the session: it takes the
         // whole list.
         if was_empty {
-            self.ready.notify_one();
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        self.news.store(true, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Ready when some tape may have news since the last time it was; otherwise the
+    /// task in `cx` is woken by the next mark.
+    pub fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.news.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.task.register(cx.waker());
+        // A mark between the check and the registration woke no one: look again.
+        match self.news.swap(false, Ordering::AcqRel) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
         }
     }
 
     /// Resolves when some tape may have news. Cancel-safe: an unconsumed wake is kept.
     pub async fn ready(&self) {
-        self.ready.notified().await
+        poll_fn(|cx| self.poll_news(cx)).await
     }
 
     /// Moves the marked tapes into `into` (empty; its buffer is reused between turns).
@@ -84,7 +112,7 @@ impl Inbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .disconnected = true;
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Ignores further marks and forgets the pending ones.
