@@ -76,7 +76,9 @@ impl Tape {
             return Filled::default();
         };
         let publications = sequence.end_fill(read, &mut out);
-        let (_, gaps) = self.put(&mut state, out, true);
+        let (_, gaps, woken) = self.put(&mut state, out, true);
+        drop(state);
+        woken.tell(self);
         Filled { publications, gaps }
     }
 
@@ -87,7 +89,9 @@ impl Tape {
         if let Some(sequence) = &mut state.sequence {
             sequence.anchor(read, &mut out);
         }
-        let (_, gaps) = self.put(&mut state, out, false);
+        let (_, gaps, woken) = self.put(&mut state, out, false);
+        drop(state);
+        woken.tell(self);
         Filled {
             publications: 0,
             gaps,
