@@ -87,13 +87,13 @@ pub fn page(raw: &Raw, links: &Links) -> String {
     let _ = writeln!(
         out,
         "Each value is the median over the runs, with the range of the runs in brackets; \
-         rows marked *worst run* take the worst run instead. {} below 1 is \
-         better for times, CPU and memory, above 1 for rates{}.\n",
+         rows marked *worst run* take the worst run instead. {} better for times, CPU \
+         and memory, above 1 for rates{}.\n",
         if raw.has_peer(REFERENCE) {
             "Herald ÷ reference (herald-reference, the one-thread limit of issue 14) and \
-             Herald ÷ Nchan"
+             Herald ÷ Nchan below 1 are"
         } else {
-            "Herald ÷ Nchan"
+            "Herald ÷ Nchan below 1 is"
         },
         if raw.has_cluster() {
             "; so is Cluster ÷ one Redis for Herald on a Redis Cluster against Herald on \
