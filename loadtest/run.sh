@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# The benchmark: every herald-loadtest scenario against Herald and against Nchan, side by
-# side on the same machine, RUNS times each; the medians go into docs/benchmarks.md with
-# the date, machine, command and versions, and a plot into docs/benchmarks.svg. The raw
-# report of every run stays in docs/benchmarks/raw/ so each median can be checked.
+# The benchmark: every herald-loadtest scenario against Herald, against herald-reference
+# and against Nchan, side by side on the same machine, RUNS times each; the medians go into
+# docs/benchmarks.md with the date, machine, command and versions, and a plot into
+# docs/benchmarks.svg. The raw report of every run stays in docs/benchmarks/raw/ so each
+# median can be checked.
 #
-#   loadtest/run.sh                     # the full benchmark: both peers, 3 runs (~20-25 min)
+# herald-reference (loadtest/src/reference/, built with herald-loadtest) is the practical
+# limit of issue 14: one thread, epoll, one writev per client per Redis batch, Herald's
+# wire subset the generator uses, no loss, a bounded queue per client. The page divides
+# Herald by it (same run, same core) beside Herald by Nchan, and judges issue 14's ratio
+# targets in a table of their own. It serves fanout, saturate, channels, idle and connect
+# with Herald's arguments; it has no history, resume or server API and stops when Redis
+# goes, so fanout_history, resume, api_publish and outage are Herald only.
+#
+#   loadtest/run.sh                     # the full benchmark: three peers, 3 runs (~30-35 min)
 #   loadtest/run.sh --quick             # small N, 1-2 s windows, 1 run: tries it out (~1 min)
 #   loadtest/run.sh --peers herald --scenarios fanout,idle --runs 1 --out /tmp/bench
 #   loadtest/run.sh --redis cluster     # Herald on a 3-master Redis Cluster, beside the above
 #
 # Options:
-#   --peers LIST       herald,nchan (default both)
+#   --peers LIST       herald,reference,nchan (default all three)
 #   --scenarios LIST   fanout,fanout_history,saturate,channels,idle,connect,outage,resume,
 #                      api_publish (default all; fanout_history, outage, resume and
-#                      api_publish are Herald only: Nchan has no history channels, no
-#                      resume from an offset and no Herald server API)
+#                      api_publish are Herald only: Nchan and herald-reference have no
+#                      history channels, no resume from an offset and no Herald server API)
 #   --runs N           runs per peer and scenario (default 3; 1 with --quick)
 #   --quick            small N and short windows; the page says so and judges no target
 #   --out DIR          where benchmarks.md, benchmarks.svg and benchmarks/raw/ go (docs)
 #   --redis KIND       single (default): one redis-server per run; cluster: a Redis Cluster
 #                      of 3 masters without replicas per run, Herald on its
 #                      redis+cluster:// URL, publications by SPUBLISH (FCALL for
-#                      fanout_history) to each channel's master. Herald only (Nchan is
-#                      skipped); fanout,fanout_history,saturate,channels,idle,connect
+#                      fanout_history) to each channel's master. Herald only (Nchan and
+#                      herald-reference are skipped); fanout,fanout_history,saturate,channels,idle,connect
 #                      (their default), not outage, resume or api_publish (they need one
 #                      redis-server). Its runs are kept as herald_cluster-* beside the
 #                      single-Redis runs in the same raw directory (each mode replaces only
@@ -48,7 +57,7 @@ all_scenarios=fanout,fanout_history,saturate,channels,idle,connect,outage,resume
 # redis-server, resume reads its INFO commandstats, api_publish PUBLISHes to it).
 cluster_scenarios=fanout,fanout_history,saturate,channels,idle,connect
 command_line="loadtest/run.sh${*:+ $*}"
-peers=herald,nchan scenarios='' runs='' quick=0 out=docs redis=single
+peers=herald,reference,nchan scenarios='' runs='' quick=0 out=docs redis=single
 while (($#)); do
   case $1 in
     --peers) peers=${2:?--peers needs a list}; shift 2 ;;
@@ -67,8 +76,10 @@ cluster=0
 [[ $redis == cluster ]] && cluster=1
 if ((cluster)); then
   scenarios=${scenarios:-$cluster_scenarios}
-  # The cluster mode measures Herald on a Cluster; Nchan keeps its single-Redis runs.
+  # The cluster mode measures Herald on a Cluster; the others keep their single-Redis runs.
   [[ ,$peers, == *,nchan,* ]] && echo "run.sh: --redis cluster runs Herald only; Nchan skipped" >&2
+  [[ ,$peers, == *,reference,* ]] &&
+    echo "run.sh: --redis cluster runs Herald only; herald-reference skipped" >&2
   peers=herald
 fi
 scenarios=${scenarios:-$all_scenarios}
@@ -76,7 +87,7 @@ runs=${runs:-$((quick ? 1 : 3))}
 IFS=, read -ra peers <<<"$peers"
 IFS=, read -ra scenarios <<<"$scenarios"
 for peer in "${peers[@]}"; do
-  [[ $peer == herald || $peer == nchan ]] || { echo "run.sh: unknown peer $peer" >&2; exit 64; }
+  [[ $peer == herald || $peer == reference || $peer == nchan ]] || { echo "run.sh: unknown peer $peer" >&2; exit 64; }
 done
 for scenario in "${scenarios[@]}"; do
   [[ ,$all_scenarios, == *",$scenario,"* ]] || { echo "run.sh: unknown scenario $scenario" >&2; exit 64; }
@@ -112,8 +123,9 @@ fi
 
 # --- Build ----------------------------------------------------------------------------
 # Taken before the runs: the runs rewrite the tracked reports, which would make any later
-# look at the tree say "dirty".
-herald_version="$(git describe --always --dirty --tags 2>/dev/null || echo unknown) (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+# look at the tree say "dirty". herald-reference is always this tree's (HERALD_BIN or not).
+tree_version="$(git describe --always --dirty --tags 2>/dev/null || echo unknown) (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+herald_version=$tree_version
 log "building Herald and herald-loadtest (release)"
 cargo build --release --quiet -p herald -p herald-loadtest
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -207,6 +219,16 @@ start_herald() {
 
 has_children() { [[ -n $(children "$1") ]]; }
 
+# start_reference PORT REDIS_URL DIR: herald-reference, one thread; server_pid and
+# measured_pid are its pid. It connects to Redis before it listens, so /readyz answering
+# means ready. (It takes none of Herald's flags: no history, no API, no pings to turn off.)
+start_reference() {
+  taskset -c 0 "$bin/herald-reference" --listen "127.0.0.1:$1" --redis "$2" \
+    >"$3/reference.log" 2>&1 &
+  server_pid=$! measured_pid=$!
+  wait_for 30 "herald-reference ready on port $1" http_ok "$1" /readyz
+}
+
 # start_nchan PORT REDIS_URL DIR: nginx's master is server_pid; its one worker, which
 # serves every connection, is measured_pid.
 start_nchan() {
@@ -232,7 +254,8 @@ mkdir -p "$raw"
 if ((cluster)); then
   rm -f "$raw"/herald_cluster-*.json "$raw"/herald_cluster-*.failed "$raw/meta-cluster.txt"
 else
-  rm -f "$raw"/herald-*.json "$raw"/nchan-*.json "$raw"/herald-*.failed "$raw"/nchan-*.failed "$raw/meta.txt"
+  rm -f "$raw"/herald-*.json "$raw"/reference-*.json "$raw"/nchan-*.json \
+    "$raw"/herald-*.failed "$raw"/reference-*.failed "$raw"/nchan-*.failed "$raw/meta.txt"
 fi
 failures=()
 generator_args=()
@@ -272,7 +295,8 @@ run_one() {
   local command
   command=$(subcommand "$scenario")
   generator_args+=("$scenario|$command ${args[*]}")
-  if [[ $peer == herald ]]; then
+  if [[ $peer == herald || $peer == reference ]]; then
+    # herald-reference speaks Herald's wire subset: the same flags, its own /ws.
     args+=(--target "ws://127.0.0.1:$server_port/ws")
   else
     args+=(--peer nchan --target "ws://127.0.0.1:$server_port/sub/{channel}"
@@ -319,6 +343,11 @@ for scenario in "${scenarios[@]}"; do
       log "api_publish: Herald only (it measures Herald's server API); skipped for Nchan"
       continue
     fi
+    if [[ $peer == reference ]] &&
+      { [[ $scenario == outage || $scenario == api_publish ]] || has_history "$scenario"; }; then
+      log "$scenario: Herald only (herald-reference has no history, resume, server API or Redis reconnection); skipped for herald-reference"
+      continue
+    fi
     for ((run = 1; run <= runs; run++)); do
       run_one "$peer" "$scenario" "$run"
     done
@@ -356,6 +385,9 @@ package_of() { dpkg-query -W -f '${Package} ${Version}' "$@" 2>/dev/null || echo
     echo "Pinning: server under test \`taskset -c 0\`; herald-loadtest (coordinator, publisher, workers) and redis-server \`taskset -c 1\`"
   fi
   echo "Herald: $herald_version"
+  if [[ " ${peers[*]} " == *" reference "* ]]; then
+    echo "herald-reference: $tree_version, this tree's loadtest/src/reference/ (release build): the one-thread reference server of issue 14 (mio epoll, one writev per client per Redis batch, Herald's wire subset, bounded per-client queue), no flags but \`--listen 127.0.0.1:PORT --redis redis://127.0.0.1:PORT\`"
+  fi
   ((cluster)) || echo "Herald flags: \`--listen 127.0.0.1:PORT --redis-url redis://127.0.0.1:PORT ${herald_flags[*]}\`; for fanout_history and resume also \`--history '$history_rule'\`; for api_publish \`--api-key KEY --history '$api_history_rule'\`"
   echo "Rust: $(rustc --version)"
   echo "herald-loadtest: $("$bin/herald-loadtest" --version)"

@@ -1,14 +1,15 @@
-//! The benchmark page: what was run where, the issue's targets met or not, one table per
-//! scenario (Herald, Nchan, their ratio; with `run.sh --redis cluster` runs, Herald on a
-//! Redis Cluster too, beside Herald on one Redis), and how it was measured.
+//! The benchmark page: what was run where, the issue's targets met or not, issue 14's
+//! targets against herald-reference, one table per scenario (Herald, herald-reference,
+//! Nchan, Herald's ratio to each; with `run.sh --redis cluster` runs, Herald on a Redis
+//! Cluster too, beside Herald on one Redis), and how it was measured.
 
 use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::raw::{Raw, Run, CLUSTER, PEERS};
-use super::rows::{sections, Row, Section};
-use super::stats::{aggregate, thousands, Agg, Spread};
+use super::raw::{Raw, Run, CLUSTER, PEERS, REFERENCE};
+use super::rows::{sections, versus_reference, Judge, Row, Section, Versus};
+use super::stats::{aggregate, thousands, Agg, Spread, Unit};
 
 /// Warnings shown per scenario; the rest stay in the raw reports.
 const MAX_WARNINGS: usize = 12;
@@ -46,7 +47,10 @@ pub fn page(raw: &Raw, links: &Links) -> String {
              not benchmark numbers, and no target is judged.\n"
         );
     }
-    let missed = targets(&mut out, raw, &sections);
+    let mut missed = targets(&mut out, raw, &sections);
+    if raw.has_peer(REFERENCE) {
+        missed |= against_reference(&mut out, raw, &sections);
+    }
     if let (true, Some(analysis)) = (missed, links.analysis) {
         let _ = writeln!(
             out,
@@ -83,8 +87,14 @@ pub fn page(raw: &Raw, links: &Links) -> String {
     let _ = writeln!(
         out,
         "Each value is the median over the runs, with the range of the runs in brackets; \
-         rows marked *worst run* take the worst run instead. Herald ÷ Nchan below 1 is \
-         better for times, CPU and memory, above 1 for rates{}.\n",
+         rows marked *worst run* take the worst run instead. {} better for times, CPU \
+         and memory, above 1 for rates{}.\n",
+        if raw.has_peer(REFERENCE) {
+            "Herald ÷ reference (herald-reference, the one-thread limit of issue 14) and \
+             Herald ÷ Nchan below 1 are"
+        } else {
+            "Herald ÷ Nchan below 1 is"
+        },
         if raw.has_cluster() {
             "; so is Cluster ÷ one Redis for Herald on a Redis Cluster against Herald on \
              one redis-server"
@@ -156,6 +166,112 @@ fn targets(out: &mut String, raw: &Raw, sections: &[Section]) -> bool {
 
 const NOT_MET: &str = "**no**";
 
+/// Issue 14's targets: Herald against herald-reference in the same run; true if one was
+/// judged not met.
+fn against_reference(out: &mut String, raw: &Raw, sections: &[Section]) -> bool {
+    let mut missed = false;
+    let _ = writeln!(out, "## Against the reference (issue 14)\n");
+    let _ = writeln!(
+        out,
+        "Herald ÷ herald-reference, the one-thread epoll/`writev` server of \
+         `loadtest/src/reference/`, measured in the same run on the same core. Server CPU \
+         per delivery is the inverse of deliveries per server CPU-second. Judged at the \
+         issue's parameters only.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | metric | Herald | reference | ratio | target | met |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    for versus in versus_reference() {
+        let Some(section) = sections.iter().find(|s| s.scenario == versus.scenario) else {
+            continue;
+        };
+        let Some(row) = section.rows.iter().find(|r| r.label == versus.row) else {
+            continue;
+        };
+        let herald = versus_value(raw, "herald", section, row, &versus);
+        let reference = versus_value(raw, REFERENCE, section, row, &versus);
+        let verdict = versus_verdict(raw, section, &versus, herald, reference);
+        missed |= verdict == NOT_MET;
+        let unit = if versus.per_delivery {
+            Unit::Us
+        } else {
+            row.unit
+        };
+        let shown = |peer: &str, v: Option<Spread>| match v {
+            Some(s) => unit.format(s.value),
+            None if raw.ran(peer, section.scenario) => "—".into(),
+            None => "not run".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {verdict} |",
+            section.scenario,
+            versus.metric,
+            shown("herald", herald),
+            shown(REFERENCE, reference),
+            ratio(herald, reference),
+            versus.target,
+        );
+    }
+    out.push('\n');
+    missed
+}
+
+/// A row's value for a peer, as issue 14 reads it (server CPU per delivery: inverted per
+/// run, in µs, then aggregated).
+fn versus_value(
+    raw: &Raw,
+    peer: &str,
+    section: &Section,
+    row: &Row,
+    versus: &Versus,
+) -> Option<Spread> {
+    let values: Vec<f64> = raw
+        .reports(peer, section.scenario)
+        .into_iter()
+        .filter_map(|r| (row.get)(r))
+        .filter_map(|v| match versus.per_delivery {
+            false => Some(v),
+            true => (v > 0.0).then(|| 1e6 / v),
+        })
+        .collect();
+    aggregate(&values, row.agg)
+}
+
+/// Met or not, when both peers measured at the issue's parameters.
+fn versus_verdict(
+    raw: &Raw,
+    section: &Section,
+    versus: &Versus,
+    herald: Option<Spread>,
+    reference: Option<Spread>,
+) -> String {
+    let (Some(herald), Some(reference)) = (herald, reference) else {
+        return "—".into();
+    };
+    let standard = ["herald", REFERENCE]
+        .iter()
+        .flat_map(|peer| raw.reports(peer, section.scenario))
+        .all(|r| (section.standard)(r));
+    if !standard {
+        return "not judged: other parameters".into();
+    }
+    let met = match versus.judge {
+        Judge::Herald(met) => met(herald.value),
+        Judge::Ratio(met) => {
+            let r = herald.value / reference.value;
+            r.is_finite() && met(r)
+        }
+    };
+    if met {
+        "yes".into()
+    } else {
+        NOT_MET.into()
+    }
+}
+
 fn scenario(out: &mut String, raw: &Raw, section: &Section) {
     let _ = writeln!(out, "### {}\n", section.scenario);
     let _ = writeln!(out, "{}\n", section.about);
@@ -175,23 +291,40 @@ fn scenario(out: &mut String, raw: &Raw, section: &Section) {
         idle_note(out, raw);
     }
     out.push('\n');
+    // herald-reference's columns on every table once it ran anything.
+    let reference = raw.has_peer(REFERENCE);
+    let mut head = vec!["metric"];
     if cluster {
-        let _ = writeln!(
-            out,
-            "| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan | \
-             Herald ÷ Nchan | target | Herald meets it |"
-        );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        head.extend([
+            "Herald, one Redis",
+            "Herald, Redis Cluster",
+            "Cluster ÷ one Redis",
+        ]);
     } else {
-        let _ = writeln!(
-            out,
-            "| metric | Herald | Nchan | Herald ÷ Nchan | target | Herald meets it |"
-        );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+        head.push("Herald");
     }
+    if reference {
+        head.push("reference");
+    }
+    head.push("Nchan");
+    if reference {
+        head.push("Herald ÷ reference");
+    }
+    head.extend(["Herald ÷ Nchan", "target", "Herald meets it"]);
+    let _ = writeln!(out, "| {} |", head.join(" | "));
+    let _ = writeln!(out, "|{}", " --- |".repeat(head.len()));
     for row in &section.rows {
         let herald = value(raw, "herald", section, row);
         let nchan = value(raw, "nchan", section, row);
+        let (on_reference, to_reference) = if reference {
+            let v = value(raw, REFERENCE, section, row);
+            (
+                format!(" {} |", cell(raw, REFERENCE, section, row, v)),
+                format!(" {} |", ratio(herald, v)),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let on_cluster = if cluster {
             let v = value(raw, CLUSTER, section, row);
             format!(
@@ -204,7 +337,7 @@ fn scenario(out: &mut String, raw: &Raw, section: &Section) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} |{on_cluster} {} | {} | {} | {} |",
+            "| {} | {} |{on_cluster}{on_reference} {} |{to_reference} {} | {} | {} |",
             row.label,
             cell(raw, "herald", section, row, herald),
             cell(raw, "nchan", section, row, nchan),
@@ -232,7 +365,7 @@ fn value(raw: &Raw, peer: &str, section: &Section, row: &Row) -> Option<Spread> 
 }
 
 fn cell(raw: &Raw, peer: &str, section: &Section, row: &Row, value: Option<Spread>) -> String {
-    if peer == "nchan" && section.herald_only {
+    if (peer == "nchan" || peer == REFERENCE) && section.herald_only {
         return "n/a (Herald only)".into();
     }
     let Some(s) = value else {
@@ -378,6 +511,7 @@ fn title(peer: &str) -> &'static str {
     match peer {
         "herald" => "Herald",
         CLUSTER => "Herald on a Redis Cluster",
+        REFERENCE => "herald-reference",
         _ => "Nchan",
     }
 }
@@ -387,7 +521,7 @@ const METHOD: &str = "\
 
 - **One machine, pinned.** The server under test runs alone on core 0 (`taskset -c 0`).
   herald-loadtest (its coordinator, which also publishes, and its worker processes) and
-  redis-server share core 1. Everything talks over loopback. Both peers get the same
+  redis-server share core 1. Everything talks over loopback. Every peer gets the same
   core, the same Redis, the same clients and the same publication stamps.
 - **A fresh start per run.** Every run starts its own redis-server (`--save ''
   --appendonly no`) and its own server on new ports, and stops both afterwards, so no run
@@ -406,6 +540,13 @@ const METHOD: &str = "\
   that publisher can be the limit, and saturate then stops and says so.
 - **Latency** is the time from the publisher stamping a publication to a client parsing
   it, on the same clock (publisher → Redis or Nchan → server → socket → client).
+- **herald-reference** (`loadtest/src/reference/`, built with herald-loadtest) is the
+  practical limit Herald is measured against (issue 14): one thread, mio epoll, one Redis
+  SUBSCRIBE connection, each publication encoded once into Herald's `message` frame and
+  one `writev` per client per Redis read batch, a bounded queue per client (a client past
+  it is closed, and would show as a loss). It speaks the part of Herald's wire format the
+  generator uses, so it gets Herald's arguments and target, on the same core; it has no
+  history, resume, server API or Redis reconnection, so those scenarios are Herald only.
 - **Loss** is every expected delivery (publications × subscribers of their channel) that
   did not arrive; a run with any loss, duplicate, misrouted delivery, failed connection or
   dropped connection is *not clean*.
@@ -481,6 +622,130 @@ mod tests {
         assert!(!page.contains("### fanout"));
         assert!(page.contains("- **Date (UTC)**: today"));
         assert!(!page.contains("analysis.md"), "every judged target met");
+        assert!(!page.contains("Against the reference"), "no reference run");
+        assert!(!page.contains("Herald ÷ reference"));
+    }
+
+    /// A raw directory with Herald and herald-reference runs at the issue's parameters.
+    fn reference_page(channels: &[(&str, f64, f64)]) -> String {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-bench-ref-{}-{}",
+            std::process::id(),
+            channels.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
+        for (peer, kib, elapsed, cpu) in [("herald", 3.0, 0.35, 0.3), ("reference", 2.5, 0.3, 0.3)]
+        {
+            let idle = json!({"clients": 19900, "clean": true, "warnings": [],
+                "connect": {"connected": 19900, "elapsed_s": 1.0},
+                "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
+            write(&dir, &format!("{peer}-idle-1.json"), &idle);
+            let connect = json!({"clients": 10000, "clean": true, "warnings": [],
+                "connect": {"connected": 10000, "elapsed_s": elapsed,
+                            "usage": {"server": {"cpu_s": cpu}}}});
+            write(&dir, &format!("{peer}-connect-1.json"), &connect);
+        }
+        for &(peer, per_cpu_s, p99) in channels {
+            let report = json!({"clients": 5000, "clean": true, "warnings": [],
+                "phases": [{"rate": 2005.0, "duration_s": 10.0, "lost": 0,
+                    "deliveries_per_server_cpu_s": per_cpu_s,
+                    "latency_ms": {"p99_ms": p99}}]});
+            write(&dir, &format!("{peer}-channels-1.json"), &report);
+        }
+        std::fs::write(dir.join("reference-saturate-1.failed"), "exit status 1\n").unwrap();
+        std::fs::write(dir.join("herald-outage-1.failed"), "exit status 1\n").unwrap();
+        let raw = Raw::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        page(
+            &raw,
+            &Links {
+                svg: "b.svg",
+                raw: "b/raw/",
+                analysis: Some("analysis.md"),
+            },
+        )
+    }
+
+    #[test]
+    fn reference_runs_give_ratios_and_issue_14_verdicts() {
+        let page = reference_page(&[]);
+        assert!(page.contains("## Against the reference (issue 14)"));
+        assert!(page.contains(
+            "| idle | server RSS per connection | 3.00 KiB | 2.50 KiB | 1.20× | ≤ 1.5× reference | yes |"
+        ));
+        assert!(page.contains(
+            "| connect | time to connect and confirm all | 0.350 s | 0.300 s | 1.17× | ≤ 1.1× reference | **no** |"
+        ));
+        assert!(page.contains(
+            "| connect | server CPU for all connects and subscribes | 0.300 s | 0.300 s | 1.00× | ≤ 1.2× reference | yes |"
+        ));
+        assert!(page
+            .contains("| channels | latency p99 | not run | not run |  | ≤ 1.25× reference | — |"));
+        // Herald meets connect's own target (< 0.4 s): the link is for the ratio missed.
+        assert!(page.contains("| connect | time to connect and confirm all | < 0.4 s | 0.350 s |"));
+        assert!(page.contains("[analysis.md](analysis.md) has the profile"));
+        // A reference run that measured nothing: ran, so "—", where Nchan did not run.
+        assert!(page.contains("| sustained deliveries/s | not run | — | not run |"));
+        // A Herald-only scenario: neither the reference nor Nchan has the feature.
+        assert!(page.contains(
+            "| Redis down (SHUTDOWN to answering PING) | — | n/a (Herald only) | n/a (Herald only) |"
+        ));
+        // The scenario's own table: a reference column and Herald ÷ reference.
+        assert!(page.contains(
+            "| metric | Herald | reference | Nchan | Herald ÷ reference | Herald ÷ Nchan | target | Herald meets it |"
+        ));
+        let line = page
+            .lines()
+            .find(|l| l.starts_with("| server RSS per connection"))
+            .expect("idle row");
+        assert_eq!(
+            line,
+            "| server RSS per connection | 3.00 KiB | 2.50 KiB | not run | 1.20× |  | ≤ 4 KiB | yes |"
+        );
+        assert!(page.contains("- herald-reference: 1 of 1 run(s) clean."));
+    }
+
+    #[test]
+    fn reference_runs_at_other_parameters_are_not_judged() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-refq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (peer, clients) in [("herald", 19900), ("reference", 2000)] {
+            let idle = json!({"clients": clients, "clean": true, "warnings": [],
+                "connect": {"connected": clients},
+                "result": {"kib_per_connection": 3.0, "held_s": 10.0}});
+            write(&dir, &format!("{peer}-idle-1.json"), &idle);
+        }
+        let raw = Raw::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let page = page(
+            &raw,
+            &Links {
+                svg: "b.svg",
+                raw: "b/raw/",
+                analysis: None,
+            },
+        );
+        assert!(page.contains(
+            "| idle | server RSS per connection | 3.00 KiB | 3.00 KiB | 1.00× | ≤ 1.5× reference | \
+             not judged: other parameters |"
+        ));
+    }
+
+    #[test]
+    fn server_cpu_per_delivery_is_the_inverse_of_deliveries_per_cpu_second() {
+        let page = reference_page(&[("herald", 500_000.0, 10.0), ("reference", 800_000.0, 9.0)]);
+        assert!(page.contains(
+            "| channels | server CPU per delivery | 2.00 µs | 1.25 µs | 1.60× | ≤ 1.25× reference | **no** |"
+        ));
+        assert!(page.contains(
+            "| channels | latency p99 | 10.0 ms | 9.00 ms | 1.11× | ≤ 1.25× reference | yes |"
+        ));
+        assert!(page.contains("| channels | lost deliveries, worst run | 0 | 0 | — | 0 | yes |"));
+        let better = reference_page(&[("herald", 800_000.0, 10.0), ("reference", 850_000.0, 9.0)]);
+        assert!(better.contains(
+            "| channels | server CPU per delivery | 1.25 µs | 1.18 µs | 1.06× | ≤ 1.25× reference | yes |"
+        ));
     }
 
     #[test]

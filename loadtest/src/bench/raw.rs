@@ -6,6 +6,7 @@
 //! - `PEER-SCENARIO-RUN.failed`: a run that measured nothing (exit status 1, a timeout):
 //!   its status and the last lines of its log;
 //! - `meta.txt`: `Key: value` lines (date, machine, command, versions), shown in order;
+//! - PEER is `herald`, `reference` (herald-reference) or `nchan`;
 //! - `herald_cluster-SCENARIO-RUN.json` / `.failed` and `meta-cluster.txt`: the same for
 //!   Herald on a Redis Cluster (`run.sh --redis cluster`), shown beside the others.
 
@@ -14,8 +15,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// Servers the runner knows, in page order.
-pub const PEERS: [&str; 2] = ["herald", "nchan"];
+/// Servers the runner knows, in page order: Herald, herald-reference (the one-thread
+/// limit of issue 14, loadtest/src/reference/), Nchan.
+pub const PEERS: [&str; 3] = ["herald", REFERENCE, "nchan"];
+
+/// herald-reference: the peer Herald's issue 14 targets are ratios against.
+pub const REFERENCE: &str = "reference";
 
 /// Herald on a Redis Cluster: the runs of `run.sh --redis cluster`, a column of its own.
 pub const CLUSTER: &str = "herald_cluster";
@@ -132,9 +137,14 @@ impl Raw {
         meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Whether any run of `peer` is present, in any scenario.
+    pub fn has_peer(&self, peer: &str) -> bool {
+        self.runs.keys().any(|(p, _)| p == peer)
+    }
+
     /// Whether any Redis Cluster run is present.
     pub fn has_cluster(&self) -> bool {
-        self.runs.keys().any(|(peer, _)| peer == CLUSTER)
+        self.has_peer(CLUSTER)
     }
 }
 
@@ -167,6 +177,10 @@ mod tests {
     #[test]
     fn names_say_peer_scenario_and_run() {
         assert_eq!(parse_stem("nchan-idle-3"), Some(("nchan", "idle", 3)));
+        assert_eq!(
+            parse_stem("reference-connect-1"),
+            Some(("reference", "connect", 1))
+        );
         assert_eq!(parse_stem("herald-fanout"), None);
         assert_eq!(parse_stem("other-fanout-1"), None);
         assert_eq!(parse_stem("herald-fanout-1-x"), None);

@@ -1,5 +1,6 @@
 //! What the benchmark page shows per scenario: its rows, where each value sits in a
-//! report, how runs are aggregated, and the targets of issue 5.
+//! report, how runs are aggregated, and the targets of issue 5; and issue 14's targets,
+//! ratios of Herald's rows against herald-reference's in the same run.
 //!
 //! Targets are stated for the issue's parameters (fanout N=5,000 at 200/s for 10 s, ...).
 //! A run at other parameters (`run.sh --quick`) is tabulated but not judged.
@@ -42,6 +43,110 @@ pub struct Section {
     pub rows: Vec<Row>,
     /// Measures something only Herald has (Nchan's cells say so).
     pub herald_only: bool,
+}
+
+/// Issue 14: one of Herald's rows against herald-reference's, in the same run.
+pub struct Versus {
+    pub scenario: &'static str,
+    /// What the page calls it.
+    pub metric: &'static str,
+    /// The label of the scenario's row it reads.
+    pub row: &'static str,
+    /// Read as server CPU per delivery, in µs: the inverse of a "deliveries per server
+    /// CPU-second" row (each run inverted, then aggregated).
+    pub per_delivery: bool,
+    pub target: &'static str,
+    pub judge: Judge,
+}
+
+/// How a [`Versus`] target is judged.
+#[derive(Clone, Copy)]
+pub enum Judge {
+    /// On Herald ÷ reference.
+    Ratio(fn(f64) -> bool),
+    /// On Herald's value alone (no loss).
+    Herald(fn(f64) -> bool),
+}
+
+/// Issue 14's targets, in page order.
+pub fn versus_reference() -> Vec<Versus> {
+    let versus = |scenario, metric, row, target, judge| Versus {
+        scenario,
+        metric,
+        row,
+        per_delivery: false,
+        target,
+        judge,
+    };
+    let per_delivery = |scenario, metric, row, target, judge| Versus {
+        per_delivery: true,
+        ..versus(scenario, metric, row, target, judge)
+    };
+    vec![
+        per_delivery(
+            "channels",
+            "server CPU per delivery",
+            "deliveries per server CPU-second",
+            "≤ 1.25× reference",
+            Judge::Ratio(|r| r <= 1.25),
+        ),
+        versus(
+            "channels",
+            "latency p99",
+            "latency p99",
+            "≤ 1.25× reference",
+            Judge::Ratio(|r| r <= 1.25),
+        ),
+        versus(
+            "channels",
+            "lost deliveries, worst run",
+            "lost deliveries, worst run",
+            "0",
+            Judge::Herald(|v| v == 0.0),
+        ),
+        per_delivery(
+            "fanout",
+            "20/s: server CPU per delivery",
+            "20/s: deliveries per server CPU-second",
+            "≤ 1.15× reference",
+            Judge::Ratio(|r| r <= 1.15),
+        ),
+        versus(
+            "fanout",
+            "200/s: deliveries per server CPU-second",
+            "200/s: deliveries per server CPU-second",
+            "≥ 1.0× reference",
+            Judge::Ratio(|r| r >= 1.0),
+        ),
+        versus(
+            "saturate",
+            "sustained deliveries/s",
+            "sustained deliveries/s",
+            "≥ 1.0× reference",
+            Judge::Ratio(|r| r >= 1.0),
+        ),
+        versus(
+            "idle",
+            "server RSS per connection",
+            "server RSS per connection",
+            "≤ 1.5× reference",
+            Judge::Ratio(|r| r <= 1.5),
+        ),
+        versus(
+            "connect",
+            "server CPU for all connects and subscribes",
+            "server CPU while connecting",
+            "≤ 1.2× reference",
+            Judge::Ratio(|r| r <= 1.2),
+        ),
+        versus(
+            "connect",
+            "time to connect and confirm all",
+            "time to connect and confirm all",
+            "≤ 1.1× reference",
+            Judge::Ratio(|r| r <= 1.1),
+        ),
+    ]
 }
 
 /// Every scenario's section, in page order.
@@ -889,6 +994,21 @@ mod tests {
             .filter_map(|r| r.target.map(|t| t.text))
             .collect();
         assert_eq!(targets.len(), 4);
+    }
+
+    #[test]
+    fn every_reference_target_reads_a_row_of_its_scenario() {
+        let sections = sections();
+        let versus = versus_reference();
+        assert_eq!(versus.len(), 9);
+        for v in &versus {
+            let section = sections.iter().find(|s| s.scenario == v.scenario);
+            let row = section.and_then(|s| s.rows.iter().find(|r| r.label == v.row));
+            let row = row.unwrap_or_else(|| panic!("{}: no row {}", v.scenario, v.row));
+            if v.per_delivery {
+                assert!(row.label.ends_with("deliveries per server CPU-second"));
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub enum Unit {
     /// Per second, whole.
     Rate,
     Ms,
+    /// Microseconds: server CPU per delivery.
+    Us,
     Seconds,
     KiB,
     MiB,
@@ -81,7 +83,7 @@ impl Unit {
         match self {
             _ if value.is_infinite() => "never".into(),
             Unit::Count | Unit::Rate => thousands(value),
-            Unit::Ms | Unit::Seconds => significant(value),
+            Unit::Ms | Unit::Us | Unit::Seconds => significant(value),
             Unit::KiB | Unit::Cores => format!("{value:.2}"),
             Unit::MiB => format!("{value:.1}"),
             Unit::Ratio => format!("{value:.2}×"),
@@ -92,6 +94,7 @@ impl Unit {
         match self {
             Unit::Count | Unit::Rate | Unit::Cores | Unit::Ratio => "",
             Unit::Ms => "ms",
+            Unit::Us => "µs",
             Unit::Seconds => "s",
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
@@ -157,5 +160,6 @@ mod tests {
         assert_eq!(Unit::Seconds.format(f64::INFINITY), "never");
         assert_eq!(Unit::KiB.format(3.456), "3.46 KiB");
         assert_eq!(Unit::Ratio.format(0.314), "0.31×");
+        assert_eq!(Unit::Us.format(1.4286), "1.43 µs");
     }
 }

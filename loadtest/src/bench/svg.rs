@@ -6,7 +6,10 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::raw::{Raw, PEERS};
+use super::raw::Raw;
+
+/// The peers plotted, in order: Herald and Nchan (herald-reference is in the tables).
+const PLOTTED: [&str; 2] = ["herald", "nchan"];
 use super::rows::{at, last_passed, phase_at};
 use super::stats::{aggregate, Agg};
 
@@ -91,7 +94,7 @@ pub fn plot(raw: &Raw) -> String {
     let groups = groups();
     let data: Vec<[Option<[f64; 4]>; 2]> = groups
         .iter()
-        .map(|g| PEERS.map(|peer| percentiles(raw, peer, g)))
+        .map(|g| PLOTTED.map(|peer| percentiles(raw, peer, g)))
         .collect();
     let mut svg = String::new();
     let _ = writeln!(
@@ -234,7 +237,7 @@ fn latency_panel(svg: &mut String, groups: &[Group], data: &[[Option<[f64; 4]>; 
 }
 
 fn memory_panel(svg: &mut String, raw: &Raw) {
-    let kib: Vec<Option<f64>> = PEERS
+    let kib: Vec<Option<f64>> = PLOTTED
         .iter()
         .map(|peer| {
             let values: Vec<f64> = raw
