@@ -269,6 +269,10 @@ impl Server {
                 continue;
             }
             let Some((frame, len)) = ws::client_frame(&client.inbuf)? else {
+                if client.inbuf.is_empty() {
+                    // Everything was handled: an idle client keeps no buffer.
+                    client.inbuf = Vec::new();
+                }
                 return Ok(());
             };
             client.inbuf.drain(..len);
@@ -343,7 +347,7 @@ impl Server {
         let Some(client) = self.clients[id].take() else {
             return;
         };
-        for channel in &client.channels {
+        for channel in client.channels.iter() {
             if self.hub.leave(channel, id) {
                 self.redis.unsubscribe(channel);
             }
