@@ -98,7 +98,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         history_timeout: config.history_timeout,
         probe_interval: config.redis_probe_interval,
         timeout: config.redis_timeout,
-        intake_max_bytes: config.redis_intake_max_bytes as usize,
         backoff_base: config.redis_backoff_base,
         backoff_max: config.redis_backoff_max,
     };

@@ -116,8 +116,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_bytes: u64,
 
-    /// Bytes of publications read from Redis that may wait for the fan-out; beyond it Herald
-    /// stops reading, so the backlog waits in Redis under its client-output-buffer-limit.
+    /// No longer used: each publication is fanned out as the Redis connection is read, so
+    /// none waits in Herald and a backlog waits in Redis, under its
+    /// client-output-buffer-limit. Still accepted, so existing configurations start.
     #[arg(long, env = "HERALD_REDIS_INTAKE_MAX_BYTES", default_value_t = 8 << 20,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_intake_max_bytes: u64,

@@ -151,6 +151,9 @@ mod tests {
             let inbox = inbox.clone();
             async move { inbox.ready().await }
         });
+        // The reader waits first (this runtime has one thread: yielding runs it), so the
+        // mark must wake it, not only leave news for its first look.
+        tokio::task::yield_now().await;
         inbox.mark(&Arc::new(Tape::new(
             "a".into(),
             4,

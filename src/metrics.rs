@@ -72,7 +72,7 @@ impl Metrics {
         let fanout_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "herald_fanout_seconds",
-                "Time from taken from the intake to queued for every local subscriber.",
+                "Time from read off the Redis connection to queued for every local subscriber.",
             )
             .buckets(buckets.clone()),
         )?;
@@ -80,7 +80,7 @@ impl Metrics {
         let redis_lag_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "herald_redis_lag_seconds",
-                "Time publications waited between read from Redis and fanned out.",
+                "Time from a publication read off the Redis connection to the start of its fan-out.",
             )
             .buckets(buckets),
         )?;

@@ -1,8 +1,8 @@
 //! The thread that reads the subscriber connection off the socket (redis-rs's connection
-//! driver), apart from the subscriber thread that fans out what it read.
+//! driver) and fans out each publication as it reads it (see `intake`).
 //!
-//! Apart because the intake blocks it at its bound (see `intake`): blocked on the
-//! subscriber thread, it would stop the fan-out that was to make room.
+//! Apart from the subscriber thread, whose own work (resubscribing thousands of channels,
+//! history reads, the probe) then never delays a publication.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //!   resubscribe the hub's union in batches (history channels hold live meanwhile)      │
 //!   gap-fill: history channels read what they missed; the others get `gap`            │
 //!   ready; then concurrently:                                                          │
-//!     read:    intake (bounded) -> hub.publish (never waits)                           │
+//!     read:    on the io thread, each publication -> hub.publish (never waits)          │
 //!     control: hub changed -> reconcile, anchor new history channels;                  │
 //!              sessions' history requests -> one read per channel;                     │
 //!              every interval PING must answer (then the backoff resets), library kept │
@@ -21,10 +21,11 @@
 //! per master, each channel SSUBSCRIBEd on its slot's owner, the topology followed; a
 //! lost master costs only its own channels a move (see `shards`).
 //!
-//! The subscriber runs on a thread of its own (`spawn`), so a publication wakes the sessions
-//! from outside the runtime that runs them; see `spawn` for why that matters. The socket is
-//! read on another (`io`), into an intake bounded in bytes (`intake`): a fan-out that falls
-//! behind leaves the backlog in Redis, where its output-buffer limit governs.
+//! The subscriber runs on a thread of its own (`spawn`). The socket is read on another
+//! (`io`), which fans each publication out as it reads it (`intake`), so a publication
+//! wakes the sessions from outside the runtime that runs them (see `spawn` for why that
+//! matters), and a fan-out that falls behind leaves the backlog in Redis, where its
+//! output-buffer limit governs.
 //!
 //! The connection's end (redis-rs's disconnection push), a failed
 //! batch or an unanswered probe all mean "reconnect", never a clean exit (a channel an ACL
@@ -94,8 +95,6 @@ pub struct Settings {
     pub history_timeout: Duration,
     pub probe_interval: Duration,
     pub timeout: Duration,
-    /// Bytes of publications read from Redis that may wait for the fan-out.
-    pub intake_max_bytes: usize,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
 }
@@ -144,9 +143,8 @@ pub struct Subscriber {
     hub: Arc<Hub>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
-    disconnects: Arc<Disconnects>,
-    /// `Prefix::control`, computed once.
-    control: String,
+    /// The publication path, shared with the io thread.
+    fanout: Arc<publications::Fanout>,
     /// The seed nodes, on a Redis Cluster (`redis+cluster://`).
     cluster: Option<Vec<redis::ConnectionInfo>>,
 }
@@ -160,12 +158,18 @@ impl Subscriber {
         readiness: Arc<Readiness>,
         disconnects: Arc<Disconnects>,
     ) -> Self {
+        let fanout = Arc::new(publications::Fanout {
+            hub: hub.clone(),
+            prefix: settings.prefix.clone(),
+            control: settings.prefix.control(),
+            disconnects,
+            metrics: metrics.clone(),
+        });
         Subscriber {
             cluster: locator.target().seeds(),
             locator,
-            control: settings.prefix.control(),
             settings,
-            disconnects,
+            fanout,
             hub,
             metrics,
             readiness,
@@ -295,8 +299,8 @@ impl Subscriber {
             self.locator.moved();
         }
         *at = Some(node.addr.clone());
-        let intake = Intake::new(self.settings.intake_max_bytes);
-        // However this connection ends, a push blocked at the bound must not stay blocked.
+        let intake = self.intake();
+        // However this connection ends, its late publications must not reach the hub.
         let _closing = CloseOnDrop(intake.clone());
         let connect = io.connect(&node.pubsub, &intake, timeout);
         let conn = match tokio::time::timeout(timeout, connect).await {

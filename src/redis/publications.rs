@@ -1,55 +1,56 @@
-//! The publication path, for one Redis and a Cluster alike: what the connection (or the
-//! masters' links) read into the intake goes to the hub, never awaiting a client; the
-//! control channel's messages are taken here too.
+//! The publication path, for one Redis and a Cluster alike: each publication the
+//! connection (or a master's link) reads goes to the hub there and then, on the io
+//! thread, never awaiting a client (see `intake`); the control channel's messages are
+//! taken here too.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use super::intake::Intake;
+use super::intake::{Deliver, Intake};
 use super::outage::Lost;
 use super::Subscriber;
+use crate::channel::Prefix;
+use crate::disconnect::Disconnects;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 
-impl Subscriber {
-    /// The publication path: intake -> hub, never awaiting a client.
-    ///
-    /// Every publication waiting is taken at once, and consecutive ones on the same
-    /// channel go to the hub together: under load a burst then costs each subscriber one
-    /// lock and one wake, not one per publication. Order is Redis's order throughout.
-    pub(super) async fn read(&self, intake: &Intake) -> Lost {
-        let mut batch = Vec::new();
-        while intake.take(&mut batch).await {
-            let taken = Instant::now();
-            self.metrics.redis_messages_total.inc_by(batch.len() as u64);
-            for arrived in &batch {
-                let waited = taken.saturating_duration_since(arrived.at);
-                self.metrics.redis_lag_seconds.observe(waited.as_secs_f64());
-            }
-            for run in batch.chunk_by(|a, b| a.channel == b.channel) {
-                let redis_name = std::str::from_utf8(&run[0].channel).unwrap_or_default();
-                if redis_name == self.control {
-                    run.iter()
-                        .for_each(|arrived| self.on_control(&arrived.payload));
-                    continue;
-                }
-                let Some(channel) = self.settings.prefix.from_redis(redis_name) else {
-                    continue;
-                };
-                let payloads = run.iter().map(|arrived| arrived.payload.as_slice());
-                let deliveries = self.hub.publish(channel, payloads);
-                self.metrics.deliveries_total.inc_by(deliveries);
-                let took = taken.elapsed().as_secs_f64();
-                for _ in run {
-                    self.metrics.fanout_seconds.observe(took);
-                }
-            }
-            batch.clear();
-            // While the intake refills at once (a backlog in Redis), taking never waits:
-            // without a turn here the control branch beside this one (hub changes, the
-            // probe) would not run until the backlog is gone.
-            tokio::task::yield_now().await;
+/// What a publication needs on its way from the connection to the hub.
+pub(super) struct Fanout {
+    pub hub: Arc<Hub>,
+    pub prefix: Prefix,
+    /// `Prefix::control`, computed once.
+    pub control: String,
+    pub disconnects: Arc<Disconnects>,
+    pub metrics: Metrics,
+}
+
+impl Fanout {
+    /// The intake's fan-out, as a callback for the io thread.
+    pub fn deliver(self: &Arc<Self>) -> Deliver {
+        let fanout = self.clone();
+        Box::new(move |channel, payload, at| fanout.publish(channel, payload, at))
+    }
+
+    /// Appends one publication to its channel's tape and tells the waiting subscribers.
+    fn publish(&self, channel: &[u8], payload: &[u8], at: Instant) {
+        let metrics = &self.metrics;
+        metrics.redis_messages_total.inc();
+        metrics
+            .redis_lag_seconds
+            .observe(at.elapsed().as_secs_f64());
+        let redis_name = std::str::from_utf8(channel).unwrap_or_default();
+        if redis_name == self.control {
+            self.on_control(payload);
+            return;
         }
-        Lost::StreamEnded
+        let Some(channel) = self.prefix.from_redis(redis_name) else {
+            return;
+        };
+        let deliveries = self.hub.publish(channel, [payload]);
+        metrics.deliveries_total.inc_by(deliveries);
+        metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
     }
 
     /// A message between instances: `{"disconnect":"<subject>"}` closes that user's
@@ -69,5 +70,19 @@ impl Subscriber {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "ignored a malformed control message"),
         }
+    }
+}
+
+impl Subscriber {
+    /// A new connection's intake, fanning out to this subscriber's hub.
+    pub(super) fn intake(&self) -> Arc<Intake> {
+        Intake::new(self.fanout.deliver())
+    }
+
+    /// Resolves when the connection ends; its publications are fanned out as it reads
+    /// them, meanwhile.
+    pub(super) async fn read(&self, intake: &Intake) -> Lost {
+        intake.ended().await;
+        Lost::StreamEnded
     }
 }

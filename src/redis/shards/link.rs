@@ -241,7 +241,7 @@ mod tests {
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let pushes = Pushes {
-            intake: Intake::new(1024),
+            intake: Intake::new(Box::new(|_, _, _| {})),
             id: ("n:1".into(), 7),
             events,
             shared: shared.clone(),

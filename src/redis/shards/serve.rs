@@ -11,7 +11,7 @@ use super::{Context, Event, Shards, REFRESH};
 use crate::backoff::Backoff;
 use crate::history::request::Receiver as Requests;
 use crate::redis::history::History;
-use crate::redis::intake::{CloseOnDrop, Intake};
+use crate::redis::intake::CloseOnDrop;
 use crate::redis::io::Io;
 use crate::redis::outage::{Lost, Outage};
 use crate::redis::store::Store;
@@ -29,7 +29,7 @@ impl Subscriber {
         requests: &mut Requests,
     ) -> Lost {
         let timeout = self.settings.timeout;
-        let intake = Intake::new(self.settings.intake_max_bytes);
+        let intake = self.intake();
         let _closing = CloseOnDrop(intake.clone());
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let cx = Context {
