@@ -9,6 +9,11 @@
 //! the server's instructions, more than the writes. `Gated` sits under tungstenite and
 //! gives the socket a waker of its own; `Readable::poll` lets the reader be polled only
 //! once the socket's last read was not refused, or it has woken since.
+//!
+//! What this gives up: tungstenite also flushes a queued pong from its reader; if that
+//! flush found the socket full, the pong now waits for the client's next input or the
+//! session's next write (every write flushes tungstenite first), instead of for the
+//! socket to drain. A client that stops reading is closed by the write timeout anyway.
 
 use std::io;
 use std::pin::Pin;
