@@ -580,37 +580,53 @@ mod tests {
         std::fs::write(dir.join(name), format!("{value}\n")).unwrap();
     }
 
-    #[test]
-    fn a_page_with_both_peers_shows_ratio_target_and_failures() {
-        let dir = std::env::temp_dir().join(format!("herald-bench-page-{}", std::process::id()));
+    /// A raw directory (`tag` tells the tests' apart), filled by `fill`, read, removed.
+    fn raw_dir(tag: &str, fill: impl FnOnce(&std::path::Path)) -> Raw {
+        let dir = std::env::temp_dir().join(format!("herald-bench-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("meta.txt"), "Date (UTC): today\n").unwrap();
-        for (run, kib) in [(1, 3.0), (2, 3.5), (3, 2.5)] {
-            let report = json!({"clients": 19900, "clean": true, "warnings": [],
-                "connect": {"connected": 19900, "elapsed_s": 1.0},
-                "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
-            write(&dir, &format!("herald-idle-{run}.json"), &report);
-        }
-        let nchan = json!({"clients": 19900, "clean": false, "warnings": ["busy"],
-            "connect": {"connected": 19900}, "result": {"kib_per_connection": 6.0}});
-        write(&dir, "nchan-idle-1.json", &nchan);
-        std::fs::write(dir.join("nchan-idle-2.failed"), "exit status 1\nmore\n").unwrap();
+        fill(&dir);
         let raw = Raw::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let page = page(
-            &raw,
+        raw
+    }
+
+    /// The idle scenario's row of per-connection memory.
+    fn idle_row(page: &str) -> &str {
+        page.lines()
+            .find(|l| l.starts_with("| server RSS per connection"))
+            .expect("idle row")
+    }
+
+    /// The page of `raw`, linking `analysis` where a target is missed.
+    fn page_of(raw: &Raw, analysis: Option<&str>) -> String {
+        page(
+            raw,
             &Links {
                 svg: "b.svg",
                 raw: "b/raw/",
-                analysis: Some("analysis.md"),
+                analysis,
             },
-        );
-        let line = page
-            .lines()
-            .find(|l| l.starts_with("| server RSS per connection"))
-            .expect("idle row");
+        )
+    }
+
+    #[test]
+    fn a_page_with_both_peers_shows_ratio_target_and_failures() {
+        let raw = raw_dir("page", |dir| {
+            std::fs::write(dir.join("meta.txt"), "Date (UTC): today\n").unwrap();
+            for (run, kib) in [(1, 3.0), (2, 3.5), (3, 2.5)] {
+                let report = json!({"clients": 19900, "clean": true, "warnings": [],
+                    "connect": {"connected": 19900, "elapsed_s": 1.0},
+                    "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
+                write(dir, &format!("herald-idle-{run}.json"), &report);
+            }
+            let nchan = json!({"clients": 19900, "clean": false, "warnings": ["busy"],
+                "connect": {"connected": 19900}, "result": {"kib_per_connection": 6.0}});
+            write(dir, "nchan-idle-1.json", &nchan);
+            std::fs::write(dir.join("nchan-idle-2.failed"), "exit status 1\nmore\n").unwrap();
+        });
+        let page = page_of(&raw, Some("analysis.md"));
         assert_eq!(
-            line,
+            idle_row(&page),
             "| server RSS per connection | 3.00 KiB (2.50–3.50) | 6.00 KiB | 0.50× | ≤ 4 KiB | yes |"
         );
         assert!(page.contains("| idle | server RSS per connection | ≤ 4 KiB |"));
@@ -628,43 +644,32 @@ mod tests {
 
     /// A raw directory with Herald and herald-reference runs at the issue's parameters.
     fn reference_page(channels: &[(&str, f64, f64)]) -> String {
-        let dir = std::env::temp_dir().join(format!(
-            "herald-bench-ref-{}-{}",
-            std::process::id(),
-            channels.len()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
-        for (peer, kib, elapsed, cpu) in [("herald", 3.0, 0.35, 0.3), ("reference", 2.5, 0.3, 0.3)]
-        {
-            let idle = json!({"clients": 19900, "clean": true, "warnings": [],
-                "connect": {"connected": 19900, "elapsed_s": 1.0},
-                "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
-            write(&dir, &format!("{peer}-idle-1.json"), &idle);
-            let connect = json!({"clients": 10000, "clean": true, "warnings": [],
-                "connect": {"connected": 10000, "elapsed_s": elapsed,
-                            "usage": {"server": {"cpu_s": cpu}}}});
-            write(&dir, &format!("{peer}-connect-1.json"), &connect);
-        }
-        for &(peer, per_cpu_s, p99) in channels {
-            let report = json!({"clients": 5000, "clean": true, "warnings": [],
-                "phases": [{"rate": 2005.0, "duration_s": 10.0, "lost": 0,
-                    "deliveries_per_server_cpu_s": per_cpu_s,
-                    "latency_ms": {"p99_ms": p99}}]});
-            write(&dir, &format!("{peer}-channels-1.json"), &report);
-        }
-        std::fs::write(dir.join("reference-saturate-1.failed"), "exit status 1\n").unwrap();
-        std::fs::write(dir.join("herald-outage-1.failed"), "exit status 1\n").unwrap();
-        let raw = Raw::load(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        page(
-            &raw,
-            &Links {
-                svg: "b.svg",
-                raw: "b/raw/",
-                analysis: Some("analysis.md"),
-            },
-        )
+        // Tests calling it run in parallel: each its own directory.
+        let raw = raw_dir(&format!("ref-{}", channels.len()), |dir| {
+            std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
+            for (peer, kib, elapsed, cpu) in
+                [("herald", 3.0, 0.35, 0.3), ("reference", 2.5, 0.3, 0.3)]
+            {
+                let idle = json!({"clients": 19900, "clean": true, "warnings": [],
+                    "connect": {"connected": 19900, "elapsed_s": 1.0},
+                    "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
+                write(dir, &format!("{peer}-idle-1.json"), &idle);
+                let connect = json!({"clients": 10000, "clean": true, "warnings": [],
+                    "connect": {"connected": 10000, "elapsed_s": elapsed,
+                                "usage": {"server": {"cpu_s": cpu}}}});
+                write(dir, &format!("{peer}-connect-1.json"), &connect);
+            }
+            for &(peer, per_cpu_s, p99) in channels {
+                let report = json!({"clients": 5000, "clean": true, "warnings": [],
+                    "phases": [{"rate": 2005.0, "duration_s": 10.0, "lost": 0,
+                        "deliveries_per_server_cpu_s": per_cpu_s,
+                        "latency_ms": {"p99_ms": p99}}]});
+                write(dir, &format!("{peer}-channels-1.json"), &report);
+            }
+            std::fs::write(dir.join("reference-saturate-1.failed"), "exit status 1\n").unwrap();
+            std::fs::write(dir.join("herald-outage-1.failed"), "exit status 1\n").unwrap();
+        });
+        page_of(&raw, Some("analysis.md"))
     }
 
     #[test]
@@ -695,12 +700,8 @@ mod tests {
         assert!(page.contains(
             "| metric | Herald | reference | Nchan | Herald ÷ reference | Herald ÷ Nchan | target | Herald meets it |"
         ));
-        let line = page
-            .lines()
-            .find(|l| l.starts_with("| server RSS per connection"))
-            .expect("idle row");
         assert_eq!(
-            line,
+            idle_row(&page),
             "| server RSS per connection | 3.00 KiB | 2.50 KiB | not run | 1.20× |  | ≤ 4 KiB | yes |"
         );
         assert!(page.contains("- herald-reference: 1 of 1 run(s) clean."));
@@ -708,24 +709,15 @@ mod tests {
 
     #[test]
     fn reference_runs_at_other_parameters_are_not_judged() {
-        let dir = std::env::temp_dir().join(format!("herald-bench-refq-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (peer, clients) in [("herald", 19900), ("reference", 2000)] {
-            let idle = json!({"clients": clients, "clean": true, "warnings": [],
-                "connect": {"connected": clients},
-                "result": {"kib_per_connection": 3.0, "held_s": 10.0}});
-            write(&dir, &format!("{peer}-idle-1.json"), &idle);
-        }
-        let raw = Raw::load(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let page = page(
-            &raw,
-            &Links {
-                svg: "b.svg",
-                raw: "b/raw/",
-                analysis: None,
-            },
-        );
+        let raw = raw_dir("refq", |dir| {
+            for (peer, clients) in [("herald", 19900), ("reference", 2000)] {
+                let idle = json!({"clients": clients, "clean": true, "warnings": [],
+                    "connect": {"connected": clients},
+                    "result": {"kib_per_connection": 3.0, "held_s": 10.0}});
+                write(dir, &format!("{peer}-idle-1.json"), &idle);
+            }
+        });
+        let page = page_of(&raw, None);
         assert!(page.contains(
             "| idle | server RSS per connection | 3.00 KiB | 3.00 KiB | 1.00× | ≤ 1.5× reference | \
              not judged: other parameters |"
@@ -750,47 +742,34 @@ mod tests {
 
     #[test]
     fn redis_cluster_runs_get_a_column_beside_herald() {
-        let dir = std::env::temp_dir().join(format!("herald-bench-cl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
-        std::fs::write(
-            dir.join("meta-cluster.txt"),
-            "Redis topology: Redis Cluster\n",
-        )
-        .unwrap();
-        for (name, kib) in [
-            ("herald-idle-1.json", 3.0),
-            ("herald_cluster-idle-1.json", 3.3),
-        ] {
-            let report = json!({"clients": 19900, "clean": true, "warnings": [],
-                "connect": {"connected": 19900, "elapsed_s": 1.0},
-                "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
-            write(&dir, name, &report);
-        }
-        std::fs::write(
-            dir.join("herald_cluster-fanout-1.failed"),
-            "exit status 1\n",
-        )
-        .unwrap();
-        let raw = Raw::load(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let page = page(
-            &raw,
-            &Links {
-                svg: "b.svg",
-                raw: "b/raw/",
-                analysis: None,
-            },
-        );
+        let raw = raw_dir("cl", |dir| {
+            std::fs::write(dir.join("meta.txt"), "Mode: full\n").unwrap();
+            std::fs::write(
+                dir.join("meta-cluster.txt"),
+                "Redis topology: Redis Cluster\n",
+            )
+            .unwrap();
+            for (name, kib) in [
+                ("herald-idle-1.json", 3.0),
+                ("herald_cluster-idle-1.json", 3.3),
+            ] {
+                let report = json!({"clients": 19900, "clean": true, "warnings": [],
+                    "connect": {"connected": 19900, "elapsed_s": 1.0},
+                    "result": {"kib_per_connection": kib, "held_s": 10.0, "live_at_end": 19900}});
+                write(dir, name, &report);
+            }
+            std::fs::write(
+                dir.join("herald_cluster-fanout-1.failed"),
+                "exit status 1\n",
+            )
+            .unwrap();
+        });
+        let page = page_of(&raw, None);
         assert!(page.contains(
             "| metric | Herald, one Redis | Herald, Redis Cluster | Cluster ÷ one Redis | Nchan |"
         ));
-        let line = page
-            .lines()
-            .find(|l| l.starts_with("| server RSS per connection"))
-            .expect("idle row");
         assert_eq!(
-            line,
+            idle_row(&page),
             "| server RSS per connection | 3.00 KiB | 3.30 KiB | 1.10× | not run |  | ≤ 4 KiB | yes |"
         );
         assert!(page.contains(
@@ -812,14 +791,12 @@ mod tests {
 
     #[test]
     fn a_missed_target_points_to_the_analysis() {
-        let dir = std::env::temp_dir().join(format!("herald-bench-miss-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let report = json!({"clients": 19900, "clean": true, "warnings": [],
-            "connect": {"connected": 19900},
-            "result": {"kib_per_connection": 5.0, "held_s": 10.0, "live_at_end": 19900}});
-        write(&dir, "herald-idle-1.json", &report);
-        let raw = Raw::load(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let raw = raw_dir("miss", |dir| {
+            let report = json!({"clients": 19900, "clean": true, "warnings": [],
+                "connect": {"connected": 19900},
+                "result": {"kib_per_connection": 5.0, "held_s": 10.0, "live_at_end": 19900}});
+            write(dir, "herald-idle-1.json", &report);
+        });
         let links = |analysis| Links {
             svg: "b.svg",
             raw: "b/raw/",
