@@ -1,8 +1,8 @@
 //! Herald: a WebSocket fan-out gateway for Redis pub/sub.
 //!
 //! ```text
-//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ io thread ─► intake
-//!   (or FCALL herald_publish: kept in history, with an offset)  │ (bounded) ─► own thread:
+//!  publishers ──PUBLISH──► Redis ──one pub/sub connection──► redis/ io thread, as it
+//!   (or FCALL herald_publish: kept in history, with an offset)  │ reads (nothing queued):
 //!                                                               │ hub.publish: encode once,
 //!                                                               ▼ append to its tape once
 //!  clients ◄──WebSocket── session/ (a task each) ◄── inbox ◄── hub (channel -> tape)
@@ -13,16 +13,17 @@
 //! - `config`     every flag with its `HERALD_*` variable, default and unit
 //! - `app`        wiring and the shutdown sequence
 //! - `http`       the listener: /ws /healthz /readyz /metrics /api/, refusals before the upgrade
-//! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat
+//! - `session`    one task per connection: requests, vectored writes under a deadline, heartbeat;
+//!   each wake looks only at what may have news (the socket's readiness gate, one timer)
 //! - `tape`       a channel's last frames, read by each subscriber from its own cursor
 //!   (on a history channel, where fills and resumes join the live stream)
 //! - `history`    history channels: rules, offsets, the Redis function library's source,
 //!   and the ordering of live publications and history reads (no I/O)
 //! - `inbox`      which tapes have news for a session, and its one wake
 //! - `hub`        channel -> tape; the record of what Redis should carry
-//! - `redis`      the subscriber connection (own thread, read on another into a bounded
-//!   intake): reconnect, resubscribe, reconcile, probe; the command connection beside it
-//!   for history reads; the target (one node, a master named by Sentinel and followed
+//! - `redis`      the subscriber connection (own thread; read on another, which fans
+//!   each publication out as it reads it): reconnect, resubscribe, reconcile, probe; the
+//!   command connection beside it for history reads; the target (one node, a master named by Sentinel and followed
 //!   across failovers, or a Redis Cluster: a link per master, channels SSUBSCRIBEd on
 //!   their slot's owner, the topology followed) and the API's command handle that
 //!   follows it too
