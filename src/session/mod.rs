@@ -284,7 +284,9 @@ where
             }
             let mut beat = false;
             if !timer_set || Instant::now() >= next {
-                timer_set = true;
+                // A timer polled when the task's coop budget is spent returns Pending
+                // without registering: only a poll with budget left arms it.
+                timer_set = tokio::task::coop::has_budget_remaining();
                 if timer.as_mut().poll(cx).is_ready() {
                     match clock.due(Instant::now()) {
                         Some(Due::Close) => return Poll::Ready(Event::End(End::GoingAway)),
