@@ -65,6 +65,7 @@ mod tally;
 mod usage;
 mod wave;
 mod wire;
+mod wire_length;
 mod worker;
 
 use std::process::ExitCode;

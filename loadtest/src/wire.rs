@@ -5,6 +5,8 @@
 //! connections on one core. Client frames (pong, close) are rare and masked as the RFC
 //! requires.
 
+use crate::wire_length::payload_length;
+
 pub const CONTINUATION: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
@@ -59,16 +61,8 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Wi
     if buf[1] & 0x80 != 0 {
         return Err(WireError::Masked);
     }
-    let (payload_len, header_len) = match buf[1] & 0x7f {
-        126 if buf.len() < 4 => return Ok(None),
-        126 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4),
-        127 if buf.len() < 10 => return Ok(None),
-        127 => {
-            let mut len = [0u8; 8];
-            len.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(len), 10)
-        }
-        short => (short as u64, 2),
+    let Some((payload_len, header_len)) = payload_length(buf) else {
+        return Ok(None);
     };
     if payload_len > max_payload as u64 {
         return Err(WireError::TooLarge(payload_len));

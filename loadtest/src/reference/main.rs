@@ -23,6 +23,9 @@ mod redis;
 mod resp;
 mod server;
 mod ws;
+// The frame-length rule, shared with the generator (one file, no shared library).
+#[path = "../wire_length.rs"]
+mod wire_length;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::wire_length::payload_length;
+
 pub const TEXT: u8 = 0x1;
 pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
@@ -129,16 +131,8 @@ pub fn client_frame(buf: &[u8]) -> Result<Option<(ClientFrame, usize)>, &'static
     if buf[1] & 0x80 == 0 {
         return Err("unmasked client frame");
     }
-    let (len, at) = match buf[1] & 0x7f {
-        126 if buf.len() < 4 => return Ok(None),
-        126 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4),
-        127 if buf.len() < 10 => return Ok(None),
-        127 => {
-            let mut len = [0u8; 8];
-            len.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(len), 10)
-        }
-        short => (short as u64, 2),
+    let Some((len, at)) = payload_length(buf) else {
+        return Ok(None);
     };
     if len > MAX_FRAME as u64 {
         return Err("frame too large");
