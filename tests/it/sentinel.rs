@@ -354,12 +354,5 @@ async fn master_conn(sentinels: &[u16]) -> Option<redis::aio::MultiplexedConnect
     if role(port).await.ok()? != "master" {
         return None;
     }
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(secs(1)))
-        .set_response_timeout(Some(secs(1)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .ok()
+    crate::support::redis::connect(port).await.ok()
 }

@@ -496,7 +496,8 @@ async fn start_node() -> Node {
     for _ in 0..5 {
         let port = free_port();
         let dir = TempDir::new(&format!("cluster-{port}"));
-        let spawned = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args([
@@ -510,19 +511,8 @@ async fn start_node() -> Node {
             // gathering more replicas), which was most of the startup.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed (not found on PATH); these tests need a real \
-                 Redis: apt-get install redis-server"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
+            .arg(dir.path());
+        let child = super::redis::start(command, "redis-server --cluster-enabled yes");
         let mut node = Node {
             port,
             child: Some(child),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::free_port;
+use super::{free_port, secs};
 
 pub struct Redis {
     port: u16,
@@ -237,12 +237,20 @@ impl Drop for Redis {
 }
 
 fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
-    let spawned = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
-        .args(extra)
+        .args(extra);
+    start(command, "redis-server")
+}
+
+/// Starts `command` (a `redis-server`, `what` in the messages) with its log on the test's
+/// stderr; a missing binary is named with the package that has it.
+pub fn start(mut command: Command, what: &str) -> Child {
+    let spawned = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -250,11 +258,23 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "redis-server is not installed (not found on PATH); these tests need a real Redis: \
-             apt-get install redis-server"
+            "redis-server is not installed (not found on PATH); these tests need a real Redis \
+             ({what}): apt-get install redis-server"
         ),
-        Err(e) => panic!("cannot start redis-server: {e}"),
+        Err(e) => panic!("cannot start {what}: {e}"),
     }
+}
+
+/// A connection to the node on `port` that gives up after a second, connecting or
+/// waiting for a reply: for tests that poll nodes which may be down.
+pub async fn connect(port: u16) -> redis::RedisResult<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(secs(1)))
+        .set_response_timeout(Some(secs(1)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 fn nanos() -> u128 {

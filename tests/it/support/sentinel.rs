@@ -4,12 +4,13 @@
 //! same binary Debian's redis-sentinel is. Everything is killed when dropped.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::eventually::eventually;
+use super::redis::{connect, start};
 use super::{free_port, secs, Redis, TempDir};
 
 /// The name the sentinels monitor the master under.
@@ -223,21 +224,9 @@ fn log_path(dir: &std::path::Path) -> PathBuf {
 }
 
 fn spawn(conf: &std::path::Path) -> Child {
-    let spawned = Command::new("redis-server")
-        .arg(conf)
-        .arg("--sentinel")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    match spawned {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "redis-server is not installed (not found on PATH); these tests need a real Redis \
-             and its Sentinel mode: apt-get install redis-server"
-        ),
-        Err(e) => panic!("cannot start redis-server --sentinel: {e}"),
-    }
+    let mut command = Command::new("redis-server");
+    command.arg(conf).arg("--sentinel");
+    start(command, "redis-server --sentinel")
 }
 
 /// A field of a SENTINEL REPLICAS / SENTINELS entry (a flat name, value list).
@@ -247,16 +236,6 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
         .find(|pair| pair[0] == name)
         .and_then(|pair| pair.get(1))
         .map(String::as_str)
-}
-
-async fn connect(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(secs(1)))
-        .set_response_timeout(Some(secs(1)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
 }
 
 async fn sentinel_query<T: redis::FromRedisValue>(
